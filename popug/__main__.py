@@ -1,0 +1,3 @@
+from popug.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""Auth's rules in SQL: users, passwords, login throttling, the initial admin."""
+
+import asyncio
+import functools
+import logging
+import os
+import re
+import secrets
+
+import bcrypt
+import psycopg2
+
+from popug.common.errors import UserError
+from popug.common.web import check_text
+
+log = logging.getLogger(__name__)
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+MIN_PASSWORD = 8
+MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it
+
+
+# --- passwords: bcrypt is slow on purpose, so it runs in a worker thread ------
+
+
+def _hash_sync(password, cost):
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(cost)).decode("ascii")
+
+
+def _check_sync(password, password_hash):
+    data = password.encode("utf-8", "surrogateescape")
+    if len(data) > MAX_PASSWORD_BYTES:
+        return False  # could never have been set; at login it is just wrong
+    return bcrypt.checkpw(data, password_hash.encode("ascii"))
+
+
+async def hash_password(password, cost):
+    return await asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(_hash_sync, password, cost)
+    )
+
+
+async def check_password(password, password_hash):
+    return await asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(_check_sync, password, password_hash)
+    )
+
+
+# Compared against when the username does not exist, so an unknown user takes
+# as long to refuse as a wrong password (no username probing by timing).
+_DUMMY_HASH = {}
+
+
+def dummy_hash(cost):
+    if cost not in _DUMMY_HASH:
+        _DUMMY_HASH[cost] = _hash_sync(secrets.token_hex(8), cost)
+    return _DUMMY_HASH[cost]
+
+
+def validate_password(password):
+    if not isinstance(password, str):
+        raise UserError(400, "password must be a string")
+    if "\x00" in password:
+        raise UserError(400, "password must not contain NUL characters")
+    size = len(password.encode("utf-8", "surrogateescape"))
+    if size > MAX_PASSWORD_BYTES:
+        raise UserError(
+            400,
+            f"password is too long: {size} bytes in UTF-8, at most {MAX_PASSWORD_BYTES} "
+            "(bcrypt ignores anything beyond that)",
+        )
+    if len(password) < MIN_PASSWORD:
+        raise UserError(400, f"password is too short: at least {MIN_PASSWORD} characters")
+    return password
+
+
+def validate_username(username):
+    username = check_text(username, "username", 32, required=True)
+    if not USERNAME_RE.match(username):
+        raise UserError(
+            400,
+            "username may use letters, digits, '.', '_' and '-', start with a letter or "
+            "digit, and be at most 32 characters",
+        )
+    return username
+
+
+def validate_email(email):
+    email = check_text(email, "email", 254, required=True)
+    if not EMAIL_RE.match(email):
+        raise UserError(400, f"email does not look like an address: {email!r}")
+    return email
+
+
+# --- users ---------------------------------------------------------------------
+
+USER_COLUMNS = "id, username, role, email, active, created_at"
+
+
+async def list_roles(db):
+    return await db.fetch_all("SELECT name, title, assignable FROM core.roles ORDER BY name")
+
+
+async def require_role(db, role):
+    if not isinstance(role, str) or "\x00" in role:
+        raise UserError(400, "role must be a role name")
+    roles = [r.name for r in await list_roles(db)]
+    if role not in roles:
+        raise UserError(400, f"unknown role {role!r}; roles are: {', '.join(roles)}")
+    return role
+
+
+async def list_users(db):
+    return await db.fetch_all(f"SELECT {USER_COLUMNS} FROM core.users ORDER BY lower(username)")
+
+
+async def get_user(db, user_id):
+    return await db.fetch_one(
+        f"SELECT {USER_COLUMNS} FROM core.users WHERE id = %s", user_id, missing="No such user"
+    )
+
+
+async def create_user(db, username, password, role, email, cost):
+    """Check everything, then insert; 409 when the username is taken (any case)."""
+    username = validate_username(username)
+    validate_password(password)
+    email = validate_email(email)
+    role = await require_role(db, role)
+    password_hash = await hash_password(password, cost)
+    try:
+        return await db.fetch_one(
+            "INSERT INTO core.users (username, password_hash, role, email)"
+            f" VALUES (%s, %s, %s, %s) RETURNING {USER_COLUMNS}",
+            username,
+            password_hash,
+            role,
+            email,
+        )
+    except psycopg2.errors.UniqueViolation:
+        raise UserError(409, f"the username {username!r} is already taken") from None
+
+
+async def update_user(db, actor, user_id, role=None, active=None):
+    """Change a user's role and/or active flag. Deactivation also ends their sessions."""
+    if role is None and active is None:
+        raise UserError(400, "nothing to change: send role and/or active")
+    if role is not None:
+        role = await require_role(db, role)
+    if active is not None and not isinstance(active, bool):
+        raise UserError(400, "active must be true or false")
+    if user_id == actor.id and (active is False or (role is not None and role != actor.role)):
+        raise UserError(
+            409, "You cannot deactivate yourself or change your own role; ask another admin."
+        )
+    async with db.transaction() as cur:
+        user = await db.fetch_one(
+            "UPDATE core.users SET role = coalesce(%s, role), active = coalesce(%s, active),"
+            f" updated_at = now() WHERE id = %s RETURNING {USER_COLUMNS}",
+            role,
+            active,
+            user_id,
+            cur=cur,
+            missing="No such user",
+        )
+        if active is False:
+            await db.run(
+                "UPDATE core.sessions SET revoked_at = now()"
+                " WHERE user_id = %s AND revoked_at IS NULL",
+                user_id,
+                cur=cur,
+            )
+    return user
+
+
+# --- login and throttling --------------------------------------------------------
+
+
+async def check_login_throttle(db, username, address, config):
+    """429 when this username or this address failed too often in the window."""
+    row = await db.fetch_one(
+        "SELECT count(*) FILTER (WHERE lower(username) = lower(%s)) AS by_user,"
+        "       count(*) FILTER (WHERE address = %s) AS by_address"
+        "  FROM core.login_failures"
+        " WHERE at > now() - make_interval(secs => %s)"
+        "   AND (lower(username) = lower(%s) OR address = %s)",
+        username,
+        address,
+        config.throttle_window_s,
+        username,
+        address,
+    )
+    minutes = max(1, config.throttle_window_s // 60)
+    if row.by_user >= config.throttle_per_user or row.by_address >= config.throttle_per_address:
+        raise UserError(
+            429, f"Too many failed logins. Wait {minutes} minutes and try again."
+        )
+
+
+async def authenticate(db, username, password, address, config):
+    """The user row for correct, active credentials; 401 (or 429) otherwise."""
+    username = (username or "").strip() if isinstance(username, str) else ""
+    password = password if isinstance(password, str) else ""
+    if not username or not password:
+        raise UserError(400, "Enter your username and password.")
+    if "\x00" in username or len(username) > 64 or "\x00" in password:
+        raise UserError(401, "Wrong username or password.")
+    await check_login_throttle(db, username, address, config)
+    user = await db.fetch_optional(
+        "SELECT id, username, role, email, active, password_hash FROM core.users"
+        " WHERE lower(username) = lower(%s)",
+        username,
+    )
+    ok = await check_password(password, user.password_hash if user else dummy_hash(
+        config.bcrypt_cost
+    ))
+    if user is None or not ok or not user.active:
+        await db.run(
+            "INSERT INTO core.login_failures (username, address) VALUES (%s, %s)",
+            username,
+            address,
+        )
+        raise UserError(401, "Wrong username or password.")
+    await db.run("DELETE FROM core.login_failures WHERE lower(username) = lower(%s)", username)
+    return user
+
+
+# --- the first admin, synchronously at start ----------------------------------------
+
+INITIAL_ADMIN_LOCK = 7_200_000_002
+
+
+def ensure_initial_admin(dsn, cost, data_dir):
+    """On an empty users table, create `admin` with a random password.
+
+    Returns the password (to print once) or None when users already exist. The
+    password is also written to <data_dir>/initial-admin-password, mode 0600.
+    """
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (INITIAL_ADMIN_LOCK,))
+            cur.execute("SELECT EXISTS (SELECT 1 FROM core.users)")
+            if cur.fetchone()[0]:
+                return None
+            password = secrets.token_urlsafe(12)
+            cur.execute(
+                "INSERT INTO core.users (username, password_hash, role) VALUES ('admin', %s, 'admin')",
+                (_hash_sync(password, cost),),
+            )
+            path = os.path.join(data_dir, "initial-admin-password")
+            os.makedirs(data_dir, exist_ok=True)
+            if os.path.exists(path):
+                os.unlink(path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+            return password
+    finally:
+        conn.close()

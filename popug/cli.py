@@ -1,0 +1,263 @@
+"""bin/popug: run the services, and the few commands a sysadmin needs.
+
+    popug [--service=all|landing|auth|tracker|...] [--port N] [--config FILE] [--data-dir DIR]
+    popug migrate | create-user NAME --role R --email E | dbshell
+"""
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from popug import SERVICES
+from popug.common.config import ConfigError, default_config_path, ensure_secret_file, load_config
+
+log = logging.getLogger("popug")
+
+EPILOG = """commands:
+  serve (default)   run the services (all in one process, or the one --service names)
+  migrate           apply the sql/ migrations not yet applied, then exit
+  create-user NAME  create a user; the password is read from a prompt, or from stdin
+  dbshell           psql on the database in use (SQL from stdin when it is not a terminal)
+
+Environment: POPUG_<KEY> overrides a config key, POPUG_<SECTION>__<KEY> a nested one
+(POPUG_SERVER__PORT=9000, POPUG_DATABASE__DSN=postgresql://..., POPUG_DATA_DIR=/srv/popug).
+"""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="popug",
+        description="UberPopug: task tracker, accounting and analytics on their own subdomains.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--service", default="all", choices=("all",) + SERVICES,
+                   help="which service to run in this process (default: all)")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML config file (default: config/popug.yaml of the checkout)")
+    p.add_argument("--port", type=int, metavar="N", help="port to listen on (server.port)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder for the embedded database, secrets and mail (data_dir)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", help="run the services (default)")
+    sub.add_parser("migrate", help="apply pending migrations and exit")
+    cu = sub.add_parser("create-user", help="create a user (password from prompt or stdin)")
+    cu.add_argument("username")
+    cu.add_argument("--role", default="worker", help="admin, manager, accountant, worker (default)")
+    cu.add_argument("--email", required=True)
+    sub.add_parser("dbshell", help="open psql on the database in use")
+    return p
+
+
+def exit_cleanly_on_sigterm():
+    # Without a handler SIGTERM kills the process without running atexit, and
+    # the embedded server's handle count never drops: exit through Python.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def database_dsn(config):
+    """The configured DSN, or the embedded server's (started or joined)."""
+    if config.database.dsn:
+        return config.database.dsn
+    from popug.common.embedded import start_embedded
+
+    log.info("no database.dsn configured: using the embedded PostgreSQL in %s/pgdata",
+             config.data_dir)
+    return start_embedded(config.data_dir, config.database.name)
+
+
+def cookie_secret(config):
+    return config.server.cookie_secret or ensure_secret_file(
+        os.path.join(config.data_dir, "cookie-secret")
+    )
+
+
+def prepare_database(config):
+    from popug.auth.queries import ensure_initial_admin
+    from popug.common.db import apply_migrations
+
+    dsn = database_dsn(config)
+    for name in apply_migrations(dsn):
+        log.info("migration applied: %s", name)
+    password = ensure_initial_admin(dsn, config.auth.bcrypt_cost, config.data_dir)
+    if password:
+        path = os.path.join(config.data_dir, "initial-admin-password")
+        banner = (
+            f"\n  First start on an empty database: created user 'admin'\n"
+            f"  password: {password}\n"
+            f"  (also in {path}, mode 0600; change it after logging in)\n"
+        )
+        print(banner, flush=True)
+    return dsn
+
+
+def cmd_serve(args, config):
+    import tornado.httpserver
+    import tornado.ioloop
+
+    from popug.common.app import BUILT_SERVICES, make_app
+    from popug.common.db import Database
+
+    services = "all" if args.service == "all" else [args.service]
+    if args.service != "all" and args.service not in BUILT_SERVICES:
+        print(f"popug: the {args.service} service is not built yet "
+              f"(built: {', '.join(BUILT_SERVICES)})", file=sys.stderr)
+        return 3
+    dsn = prepare_database(config)
+    secret = cookie_secret(config)
+
+    async def start():
+        db = await Database.connect(dsn, config.database.pool_min, config.database.pool_max,
+                                    config.database.timeout_s)
+        app = make_app(config, db, services, cookie_secret=secret)
+        server = tornado.httpserver.HTTPServer(app, xheaders=config.server.xheaders)
+        server.listen(config.server.port, address=config.server.address)
+        return db, server
+
+    loop = tornado.ioloop.IOLoop.current()
+    try:
+        db, server = loop.run_sync(start)
+    except OSError as e:
+        print(f"popug: cannot listen on {config.server.address}:{config.server.port}: "
+              f"{e.strerror}", file=sys.stderr)
+        return 1
+    port = config.server.port
+    shown = BUILT_SERVICES if services == "all" else services
+    for name in shown:
+        log.info("%-10s http://%s:%s/", name, config.hosts[name], port)
+    print(f"UberPopug is running: open http://{config.hosts['landing']}:{port}/ "
+          f"(Ctrl-C to stop)", flush=True)
+
+    stopping = []
+
+    async def shutdown():
+        server.stop()
+        try:
+            await asyncio.wait_for(server.close_all_connections(), timeout=10)
+        except asyncio.TimeoutError:
+            log.warning("some connections did not close within 10 s")
+        await db.close()
+        loop.stop()
+
+    def on_signal(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        loop.add_callback_from_signal(shutdown)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    loop.start()
+    log.info("stopped")
+    return 0
+
+
+def cmd_migrate(args, config):
+    from popug.common.db import apply_migrations
+
+    applied = apply_migrations(database_dsn(config))
+    print("applied: " + ", ".join(applied) if applied else "nothing to apply: up to date")
+    return 0
+
+
+def read_password():
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != first:
+            print("popug: the passwords do not match", file=sys.stderr)
+            return None
+        return first
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n")
+
+
+def cmd_create_user(args, config):
+    from popug.auth import queries
+    from popug.common.db import Database
+    from popug.common.errors import UserError
+
+    password = read_password()
+    if password is None:
+        return 1
+    dsn = prepare_database(config)
+
+    async def create():
+        db = await Database.connect(dsn, 1, 2, config.database.timeout_s)
+        try:
+            return await queries.create_user(db, args.username, password, args.role, args.email,
+                                             config.auth.bcrypt_cost)
+        finally:
+            await db.close()
+
+    try:
+        user = asyncio.run(create())
+    except UserError as e:
+        print(f"popug: {e.message}", file=sys.stderr)
+        return 1
+    print(f"created user {user.username} (id {user.id}, role {user.role})")
+    return 0
+
+
+def cmd_dbshell(args, config):
+    from popug.common.embedded import psql_binary
+
+    dsn = database_dsn(config)
+    cmd = [psql_binary(), dsn]
+    if not sys.stdin.isatty():
+        cmd += ["-v", "ON_ERROR_STOP=1", "-X", "-q"]
+    # Ctrl-C belongs to psql (it cancels the query), not to us.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.call(cmd)
+    except FileNotFoundError:
+        print("popug: psql not found; install the PostgreSQL client", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+COMMANDS = {
+    None: cmd_serve,
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "create-user": cmd_create_user,
+    "dbshell": cmd_dbshell,
+}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(
+            args.config or default_config_path(),
+            environ=os.environ,
+            overrides={"server.port": args.port, "data_dir": args.data_dir},
+        )
+    except ConfigError as e:
+        print(f"popug: config: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    exit_cleanly_on_sigterm()
+    try:
+        return COMMANDS[args.command](args, config)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # the database not starting is the usual one
+        import psycopg2
+
+        if isinstance(e, psycopg2.OperationalError):
+            print(f"popug: cannot reach the database: {str(e).strip()}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pieces every service shares: config, database, embedded server, web base classes."""

@@ -1,0 +1,218 @@
+"""Configuration: YAML file, then POPUG_* environment variables, then a strict check.
+
+Every key has a type and a default in SCHEMA; a wrong type, an unknown key or a
+missing required value stops the start with one line that names the key.
+Environment variables name nested keys with double underscores:
+POPUG_SERVER__PORT=9000, POPUG_DATABASE__DSN=..., POPUG_DATA_DIR=/srv/popug.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import yaml
+
+from popug import REPO_DIR, SERVICES
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the person who has to fix it."""
+
+
+class Required:
+    """Marker for a key that has no default."""
+
+
+def _positive(v):
+    return v > 0
+
+
+# key -> (type or tuple of types, default, check or None, what is expected)
+SCHEMA = {
+    "domain": (str, "uberpopug.localhost", None, "a domain name such as uberpopug.com"),
+    "data_dir": (str, "var", None, "a folder for the embedded database, secrets and mail"),
+    "log_level": (str, "INFO", lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"),
+                  "one of DEBUG, INFO, WARNING, ERROR"),
+    "hosts": {
+        name: ((str, type(None)), None, None, "a host name, or null to derive it from domain")
+        for name in SERVICES
+    },
+    "server": {
+        "address": (str, "127.0.0.1", None, "an IP address to listen on"),
+        "port": (int, 8888, lambda v: 0 < v < 65536, "a TCP port number 1-65535"),
+        "xheaders": (bool, False, None, "true behind a reverse proxy that sets X-Real-Ip"),
+        "cookie_secret": (
+            (str, type(None)),
+            None,
+            lambda v: v is None or len(v) >= 32,
+            "a secret of 32+ characters, or null to generate one into the data folder",
+        ),
+    },
+    "database": {
+        "dsn": ((str, type(None)), None, None, "a libpq DSN, or null for the embedded server"),
+        "name": (str, "popug", None, "the database name on the embedded server"),
+        "pool_min": (int, 1, lambda v: v >= 0, "an integer >= 0"),
+        "pool_max": (int, 10, _positive, "an integer > 0"),
+        "timeout_s": ((int, float), 30, _positive, "seconds > 0"),
+    },
+    "auth": {
+        "bcrypt_cost": (int, 12, lambda v: 4 <= v <= 31, "an integer 4-31"),
+        "session_hours": ((int, float), 168, _positive, "hours > 0"),
+        "token_days": ((int, float), 30, _positive, "days > 0"),
+        "code_ttl_s": (int, 60, _positive, "seconds > 0"),
+        "throttle_window_s": (int, 900, _positive, "seconds > 0"),
+        "throttle_per_user": (int, 5, _positive, "failed logins per user per window, > 0"),
+        "throttle_per_address": (int, 20, _positive, "failed logins per address per window, > 0"),
+    },
+}
+
+DEFAULT_HOST_PREFIX = {
+    "landing": "",
+    "auth": "auth.",
+    "tracker": "tasktracker.",
+    "accounting": "accounting.",
+    "analytics": "analytics.",
+    "replicator": "replicator.",
+    "notifier": "notifier.",
+}
+
+
+class Config(dict):
+    """Nested dict with attribute access: config.server.port."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _type_name(t):
+    if isinstance(t, tuple):
+        return " or ".join("null" if x is type(None) else x.__name__ for x in t)
+    return t.__name__
+
+
+def _check(schema, values, prefix):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        known = ", ".join(prefix + k for k in schema)
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known keys: {known})")
+    out = Config()
+    for key, spec in schema.items():
+        name = prefix + key
+        if isinstance(spec, dict):
+            out[key] = _check(spec, values.get(key) or {}, name + ".")
+            continue
+        typ, default, check, expected = spec
+        value = values.get(key, default)
+        if value is Required:
+            raise ConfigError(f"{name}: missing value, expected {expected}")
+        # bool is an int in Python; a port of `true` is still wrong.
+        bad_bool = isinstance(value, bool) and typ is not bool and bool not in (
+            typ if isinstance(typ, tuple) else (typ,)
+        )
+        if not isinstance(value, typ) or bad_bool:
+            raise ConfigError(
+                f"{name}: expected {expected} ({_type_name(typ)}), got {value!r}"
+            )
+        if check and not check(value):
+            raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _set_path(values, path, value, origin):
+    dotted = ".".join(path)
+    schema, node = SCHEMA, values
+    for i, part in enumerate(path):
+        spec = schema.get(part)
+        if spec is None:
+            raise ConfigError(f"{origin}: unknown key {dotted}")
+        if i == len(path) - 1:
+            if isinstance(spec, dict):
+                raise ConfigError(f"{origin}: {dotted} is a section; set one of its keys")
+            node[part] = value
+        else:
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{origin}: unknown key {dotted}")
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node, schema = node[part], spec
+
+
+def env_overrides(environ):
+    """Yield (path, value, variable) for each POPUG_* variable; values parsed as YAML scalars."""
+    for var, raw in sorted(environ.items()):
+        if not var.startswith("POPUG_"):
+            continue
+        path = var[len("POPUG_") :].lower().split("__")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        # A DSN or secret that happens to look like YAML stays a string.
+        if not isinstance(value, (int, float, bool, type(None))):
+            value = raw
+        yield path, value, var
+
+
+def load_config(path=None, environ=None, overrides=None):
+    """Read the YAML file (optional), apply POPUG_* variables and overrides, check everything.
+
+    `overrides` maps dotted keys to values (command line flags win over everything).
+    """
+    environ = os.environ if environ is None else environ
+    values = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} not valid YAML") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    for keys, value, var in env_overrides(environ):
+        _set_path(values, keys, value, var)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(values, dotted.split("."), value, "command line")
+    config = _check(SCHEMA, values, "")
+    for name in SERVICES:
+        if config.hosts[name] is None:
+            config.hosts[name] = DEFAULT_HOST_PREFIX[name] + config.domain
+        config.hosts[name] = config.hosts[name].lower()
+    data_dir = Path(config.data_dir)
+    if not data_dir.is_absolute():
+        # Relative to where the user runs the command, like any CLI path.
+        data_dir = Path.cwd() / data_dir
+    config["data_dir"] = str(data_dir)
+    return config
+
+
+def default_config_path():
+    """config/popug.yaml of the checkout, when present."""
+    p = REPO_DIR / "config" / "popug.yaml"
+    return p if p.exists() else None
+
+
+def ensure_secret_file(path, nbytes=32):
+    """Return the secret stored at `path`, creating it (mode 0600) on first use."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(nbytes)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret

@@ -1,0 +1,155 @@
+"""Database access: an aiopg pool, three small helpers and the migration runner.
+
+Rows come back as attribute dicts. A transaction is one acquired connection:
+`async with db.transaction() as cur:` runs everything inside BEGIN/COMMIT and
+rolls back on any exception.
+"""
+
+import contextlib
+import logging
+import re
+
+import aiopg
+import psycopg2
+
+from popug import SQL_DIR
+from popug.common.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+
+class Row(dict):
+    """A result row: row["title"] or row.title."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _rows(cur, rows):
+    names = [d[0] for d in cur.description]
+    return [Row(zip(names, r)) for r in rows]
+
+
+class Database:
+    """The master database: one aiopg pool."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn, minsize=1, maxsize=10, timeout=30):
+        # aiopg's default operation timeout is 60 s; ours comes from config.
+        pool = await aiopg.create_pool(dsn, minsize=minsize, maxsize=maxsize, timeout=timeout)
+        return cls(pool)
+
+    async def close(self):
+        self.pool.close()
+        await self.pool.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def cursor(self):
+        """A cursor on a connection of its own, in autocommit (one statement = one transaction)."""
+        # `async with pool.cursor()` is broken in aiopg: acquire, then cursor.
+        async with self.pool.acquire() as conn:
+            async with conn.cursor() as cur:
+                yield cur
+
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        """A cursor inside BEGIN ... COMMIT on one connection; ROLLBACK on any exception."""
+        async with self.pool.acquire() as conn:
+            async with conn.cursor() as cur:
+                async with cur.begin():
+                    yield cur
+
+    async def run(self, sql, *params, cur=None):
+        """Execute a statement; returns the number of rows it touched."""
+        if cur is not None:
+            await cur.execute(sql, params)
+            return cur.rowcount
+        async with self.cursor() as c:
+            await c.execute(sql, params)
+            return c.rowcount
+
+    async def fetch_all(self, sql, *params, cur=None):
+        """All rows of a query, as a list of Row."""
+        if cur is not None:
+            await cur.execute(sql, params)
+            return _rows(cur, await cur.fetchall())
+        async with self.cursor() as c:
+            await c.execute(sql, params)
+            return _rows(c, await c.fetchall())
+
+    async def fetch_one(self, sql, *params, cur=None, missing="Not found"):
+        """Exactly one row; raises NotFound(missing) when there is none."""
+        rows = await self.fetch_all(sql, *params, cur=cur)
+        if not rows:
+            raise NotFound(missing)
+        if len(rows) > 1:
+            raise RuntimeError(f"expected one row, got {len(rows)}: {sql[:80]}")
+        return rows[0]
+
+    async def fetch_optional(self, sql, *params, cur=None):
+        """The first row of a query, or None."""
+        rows = await self.fetch_all(sql, *params, cur=cur)
+        return rows[0] if rows else None
+
+
+MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+# One advisory lock key for "applying migrations", so two processes starting
+# at once on an empty database do not race each other.
+MIGRATION_LOCK = 7_200_000_001
+
+
+def migration_files(sql_dir=SQL_DIR):
+    files = sorted(p for p in sql_dir.iterdir() if MIGRATION_NAME.match(p.name))
+    numbers = [int(MIGRATION_NAME.match(p.name).group(1)) for p in files]
+    if len(set(numbers)) != len(numbers):
+        raise RuntimeError(f"two migrations share a number in {sql_dir}")
+    return files
+
+
+def apply_migrations(dsn, sql_dir=SQL_DIR):
+    """Apply every sql/NNN_*.sql not yet recorded, in order, each in its own transaction.
+
+    Synchronous (psycopg2): it runs before the IOLoop starts and from the CLI.
+    Returns the names applied.
+    """
+    applied = []
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+                cur.execute(
+                    "CREATE TABLE IF NOT EXISTS public.schema_migrations ("
+                    " name text PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+        with conn.cursor() as cur:
+            cur.execute("SELECT name FROM public.schema_migrations")
+            done = {r[0] for r in cur.fetchall()}
+        conn.commit()
+        for path in migration_files(sql_dir):
+            if path.name in done:
+                continue
+            with conn:
+                with conn.cursor() as cur:
+                    cur.execute(path.read_text(encoding="utf-8"))
+                    cur.execute(
+                        "INSERT INTO public.schema_migrations (name) VALUES (%s)", (path.name,)
+                    )
+            log.info("applied migration %s", path.name)
+            applied.append(path.name)
+    finally:
+        with contextlib.suppress(psycopg2.Error):
+            conn.rollback()
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            conn.commit()
+        conn.close()
+    return applied

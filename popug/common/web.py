@@ -1,0 +1,386 @@
+"""The base handlers, the decorators and the handlers every service host mounts.
+
+Each service's handlers subclass PageHandler (HTML) or ApiHandler (JSON). The
+user is loaded once in `prepare()`: a stale, revoked or deactivated session
+is simply "logged out". Errors are UserError anywhere; write_error turns them
+into an HTML page or {"error": ...} in one place.
+"""
+
+import datetime
+import decimal
+import functools
+import json
+import logging
+import urllib.parse
+
+import tornado.web
+from tornado.escape import url_escape
+
+from popug.common import sessions
+from popug.common.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MAX_BIGINT = 2**63 - 1
+
+STATUS_TEXT = {
+    400: "That request could not be used",
+    401: "Please log in",
+    403: "Not allowed",
+    404: "Not found",
+    405: "That method is not allowed here",
+    409: "Conflict",
+    413: "That request is too large",
+    429: "Too many attempts",
+    503: "Service unavailable",
+}
+
+
+def parse_id(value, what="id"):
+    """A path or query id as a positive int, or a 400 that says what was wrong."""
+    if value is None or not value.isascii() or not value.isdigit():
+        raise UserError(400, f"{what} must be a positive whole number, got {value!r}")
+    n = int(value)
+    if not 0 < n <= MAX_BIGINT:
+        raise UserError(400, f"{what} is out of range: {value}")
+    return n
+
+
+def check_text(value, field, max_len, required=False):
+    """A user-typed string: no NUL, within its limit, stripped if required."""
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise UserError(400, f"{field} must be a string")
+    if "\x00" in value:
+        raise UserError(400, f"{field} must not contain NUL characters")
+    if required:
+        value = value.strip()
+        if not value:
+            raise UserError(400, f"{field} is required")
+    if len(value) > max_len:
+        raise UserError(400, f"{field} is too long: {len(value)} characters, at most {max_len}")
+    return value
+
+
+def to_json(obj):
+    """JSON with Decimal as "12.34" and aware datetimes as ISO 8601 with offset."""
+
+    def default(o):
+        if isinstance(o, decimal.Decimal):
+            return f"{o:.2f}"
+        if isinstance(o, datetime.datetime):
+            return o.isoformat()
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    return json.dumps(obj, default=default, ensure_ascii=False)
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """What pages and API handlers share: config, db, the current user, URLs."""
+
+    service = "common"
+
+    @property
+    def config(self):
+        return self.application.settings["popug_config"]
+
+    @property
+    def db(self):
+        return self.application.settings["popug_db"]
+
+    def bearer_token(self):
+        auth = self.request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+
+    def session_token(self):
+        raw = self.get_signed_cookie(sessions.SESSION_COOKIE, max_age_days=400)
+        # get_signed_cookie returns bytes (or None).
+        return raw.decode("utf-8", "replace") if raw else None
+
+    async def prepare(self):
+        token = self.bearer_token()
+        self.via_bearer = token is not None
+        if token is None:
+            token = self.session_token()
+        self.current_user = await sessions.load_session_user(self.db, token)
+
+    def check_xsrf_cookie(self):
+        # A bearer token is not sent by browsers on their own, so a call made
+        # with one cannot be a cross-site forgery; cookie calls need the token.
+        if self.bearer_token() is not None:
+            return
+        try:
+            super().check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            raise UserError(
+                403,
+                "This form has expired or did not come from this site (missing XSRF token). "
+                "Reload the page and try again.",
+            ) from None
+
+    def can(self, permission):
+        """For templates: may the current user do this?"""
+        user = self.current_user
+        return user is not None and permission in user.permissions
+
+    def require_perm(self, permission):
+        """Raise 403 unless the current user has the permission."""
+        if not self.can(permission):
+            raise UserError(
+                403,
+                f"Your role ({self.current_user.role}) does not allow this "
+                f"(needs {permission}).",
+            )
+
+    def host_url(self, service):
+        """Scheme://host[:port] of a service, with the port the client used to reach us."""
+        _, _, port = self.request.host.rpartition(":")
+        suffix = f":{port}" if port.isdigit() and ":" in self.request.host else ""
+        return f"{self.request.protocol}://{self.config.hosts[service]}{suffix}"
+
+    def service_url(self, service, path="/"):
+        return self.host_url(service) + path
+
+    def login_url(self, next_url=None):
+        next_url = next_url or self.request.full_url()
+        return self.service_url("auth", "/login") + "?next=" + url_escape(next_url)
+
+    def get_template_namespace(self):
+        ns = super().get_template_namespace()
+        ns.update(
+            can=self.can,
+            service_url=self.service_url,
+            service=self.service,
+            user=self.current_user,
+            flash=self.pop_flash(),
+            money=lambda d: f"{d:,.2f}",
+            when=lambda t: t.strftime("%Y-%m-%d %H:%M %Z") if t else "",
+        )
+        return ns
+
+    def render(self, template_name, **kwargs):
+        if "/" not in template_name:
+            template_name = f"{self.service}/templates/{template_name}"
+        return super().render(template_name, **kwargs)
+
+    def flash(self, message):
+        """A one-time message shown on the next page this browser loads on this host."""
+        self.set_signed_cookie("popug_flash", message[:300], expires_days=None, httponly=True)
+
+    def pop_flash(self):
+        if not hasattr(self, "_flash"):
+            raw = self.get_signed_cookie("popug_flash", max_age_days=1)
+            self._flash = raw.decode("utf-8", "replace") if raw else None
+            if raw:
+                self.clear_cookie("popug_flash")
+        return self._flash
+
+    def error_status_message(self, kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        status = self.get_status()
+        if isinstance(exc, UserError):
+            return exc.status, exc.message
+        if isinstance(exc, tornado.web.HTTPError) and status < 500:
+            message = exc.log_message if exc.log_message and status != 404 else None
+            return status, message or STATUS_TEXT.get(status, self._reason)
+        if status >= 500:
+            return status, "Something went wrong on our side. It has been logged; please try again."
+        return status, STATUS_TEXT.get(status, self._reason)
+
+    def write_error(self, status_code, **kwargs):
+        status, message = self.error_status_message(kwargs)
+        if self.request.path.startswith("/api/"):
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.finish(to_json({"error": message}))
+            return
+        self.render(
+            "common/templates/error.html", status=status, title=STATUS_TEXT.get(status, "Error"),
+            message=message,
+        )
+
+
+class PageHandler(BaseHandler):
+    """A handler that renders HTML pages for a browser."""
+
+
+class ApiHandler(BaseHandler):
+    """A JSON API handler: JSON in, JSON out, errors as {"error": ...}."""
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def write_json(self, obj, status=200):
+        self.set_status(status)
+        self.finish(to_json(obj))
+
+    def json_body(self):
+        """The request body as a JSON object (dict); 400 when it is anything else."""
+        body = self.request.body
+        if not body:
+            return {}
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(400, "The request body is not valid UTF-8") from None
+        except ValueError:
+            raise UserError(400, "The request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise UserError(400, "The request body must be a JSON object, like {\"title\": ...}")
+        return data
+
+    def write_error(self, status_code, **kwargs):
+        status, message = self.error_status_message(kwargs)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(to_json({"error": message}))
+
+
+def auth_required(method):
+    """Pages: no session -> redirect to auth's login, coming back here afterwards."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        if self.current_user is None:
+            if self.request.method in ("GET", "HEAD"):
+                self.redirect(self.login_url())
+                return None
+            # A form posted after the session ended: log in, then back to
+            # the page the form was on (the POST itself is not replayed).
+            referer = self.request.headers.get("Referer")
+            here = self.request.protocol + "://" + self.request.host + "/"
+            back = referer if referer and referer.startswith(here) else here
+            self.redirect(self.login_url(back))
+            return None
+        return await method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def api_auth_required(method):
+    """API: no valid session or token -> 401 JSON."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        if self.current_user is None:
+            self.set_header("WWW-Authenticate", 'Bearer realm="popug"')
+            raise UserError(401, "Authentication required: send 'Authorization: Bearer <token>'")
+        return await method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def has_perm(permission):
+    """403 with a clear message unless the user's role has `permission` (checked per request)."""
+
+    def decorator(method):
+        @functools.wraps(method)
+        async def wrapper(self, *args, **kwargs):
+            self.require_perm(permission)
+            return await method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+# --- handlers every service host mounts ---------------------------------------
+
+
+class SsoCallbackHandler(PageHandler):
+    """/sso/callback?code=..&next=/path — trade auth's code for this host's own session."""
+
+    async def get(self):
+        host = self.request.host_name
+        ttl = int(self.config.auth.session_hours * 3600)
+        token = await sessions.exchange_sso_code(self.db, self.get_argument("code", ""), host, ttl)
+        self.set_signed_cookie(
+            sessions.SESSION_COOKIE,
+            token,
+            expires_days=None,
+            httponly=True,
+            samesite="Lax",
+            secure=self.request.protocol == "https",
+        )
+        self.redirect(safe_local_path(self.get_argument("next", "/")))
+
+
+def safe_local_path(path):
+    """A path on this host only: never //evil.com or a full URL (no open redirect)."""
+    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
+        return "/"
+    parts = urllib.parse.urlsplit(path)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return path
+
+
+class LogoutHandler(PageHandler):
+    """POST /logout on any host ends the login session and every session made from it."""
+
+    async def post(self):
+        user = self.current_user
+        if user is not None:
+            await sessions.revoke_session_family(self.db, user.root_session_id)
+        self.clear_cookie(sessions.SESSION_COOKIE)
+        self.redirect(self.service_url("auth", "/login?logged_out=1"))
+
+
+class HealthHandler(BaseHandler):
+    """/healthz: 200 when the database answers, 503 with the reason when not."""
+
+    async def get(self):
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        try:
+            await self.db.fetch_one("SELECT 1 AS ok")
+        except Exception as e:  # any failure of the database is the answer here
+            log.warning("healthz: database check failed: %s", e)
+            self.set_status(503)
+            self.finish(f"database unavailable: {type(e).__name__}\n")
+            return
+        self.finish("ok\n")
+
+    def check_xsrf_cookie(self):
+        pass
+
+
+class NotFoundHandler(PageHandler):
+    """The last route of every host group, so no request falls through to another service."""
+
+    async def prepare(self):
+        await super().prepare()
+        raise UserError(404, "There is no page at this address.")
+
+
+class UnknownHostHandler(PageHandler):
+    """For a Host header that is none of ours."""
+
+    async def prepare(self):
+        await super().prepare()
+        raise UserError(
+            404,
+            f"This server does not serve the host {self.request.host_name!r}. "
+            f"Try {self.config.hosts['landing']}.",
+        )
+
+
+class ServiceAbsentHandler(PageHandler):
+    """The host of a service this process does not run: say so instead of another page."""
+
+    def initialize(self, name, built):
+        self.name = name
+        self.built = built
+
+    async def prepare(self):
+        await super().prepare()
+        if self.built:
+            message = f"The {self.name} service is not running in this process."
+        else:
+            message = f"The {self.name} service is not available yet. It is coming soon."
+        raise UserError(404, message)
