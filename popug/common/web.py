@@ -38,10 +38,10 @@ STATUS_TEXT = {
 
 def parse_id(value, what="id"):
     """A path or query id as a positive int, or a 400 that says what was wrong."""
-    if value is None or not value.isascii() or not value.isdigit():
+    if value is None or not value.isascii() or not value.isdigit() or int(value) == 0:
         raise UserError(400, f"{what} must be a positive whole number, got {value!r}")
     n = int(value)
-    if not 0 < n <= MAX_BIGINT:
+    if n > MAX_BIGINT:
         raise UserError(400, f"{what} is out of range: {value}")
     return n
 
