@@ -1,0 +1,209 @@
+"""bin/popug as a sysadmin uses it: config errors, admin commands, the embedded server."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+POPUG = [sys.executable, str(REPO / "bin" / "popug")]
+
+
+def popug(*args, env=None, input=None, timeout=60, cwd=None):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
+    e.update(env or {})
+    return subprocess.run(POPUG + list(args), env=e, input=input, capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(port, proc, log, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"bin/popug exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
+                                         headers={"Host": "auth.uberpopug.localhost"})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                return r.read()
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("bin/popug did not become healthy:\n" + log.read_text())
+
+
+def test_help_lists_services_and_commands():
+    r = popug("--help")
+    assert r.returncode == 0
+    for word in ("--service", "--config", "--port", "--data-dir", "create-user", "migrate",
+                 "dbshell", "tracker", "notifier"):
+        assert word in r.stdout
+
+
+def test_a_config_mistake_stops_the_start_with_one_line(tmp_path):
+    f = tmp_path / "popug.yaml"
+    f.write_text("server:\n  port: eighty\n")
+    r = popug("--config", str(f), "--data-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "popug: config: server.port: expected a TCP port number 1-65535 (int), got 'eighty'"]
+    r = popug("--data-dir", str(tmp_path), env={"POPUG_DATABSE__DSN": "x"})
+    assert r.returncode == 2 and "POPUG_DATABSE__DSN: unknown key databse.dsn" in r.stderr
+
+
+def test_a_service_not_built_yet_says_so_and_exits_non_zero(tmp_path):
+    r = popug("--service=accounting", "--data-dir", str(tmp_path))
+    assert r.returncode != 0
+    assert "the accounting service is not built yet" in r.stderr
+    assert not (tmp_path / "pgdata").exists()  # nothing was started for it
+
+
+def test_unknown_service_name_is_refused():
+    r = popug("--service=payroll")
+    assert r.returncode == 2 and "invalid choice: 'payroll'" in r.stderr
+
+
+def test_migrate_create_user_and_dbshell_on_a_dsn(db_dsn, tmp_path):
+    env = {"POPUG_DATABASE__DSN": db_dsn, "POPUG_DATA_DIR": str(tmp_path),
+           "POPUG_AUTH__BCRYPT_COST": "4"}
+    r = popug("migrate", env=env)
+    assert r.returncode == 0 and "up to date" in r.stdout
+    r = popug("create-user", "kiwi", "--role", "manager", "--email", "kiwi@popug.test",
+              env=env, input="kiwi-password\n")
+    assert r.returncode == 0, r.stderr
+    assert "created user kiwi" in r.stdout and "kiwi-password" not in r.stdout + r.stderr
+    r = popug("create-user", "kiwi", "--email", "k@popug.test", env=env, input="other-password\n")
+    assert r.returncode == 1 and "already taken" in r.stderr
+    r = popug("create-user", "pip", "--role", "boss", "--email", "p@popug.test", env=env,
+              input="pip-password\n")
+    assert r.returncode == 1 and "unknown role 'boss'" in r.stderr
+    r = popug("dbshell", env=env, input="SELECT username || '/' || role FROM core.users;\n")
+    assert r.returncode == 0, r.stderr
+    assert "kiwi/manager" in r.stdout
+    r = popug("dbshell", env=env, input="SELECT * FROM no_such_table;\n")
+    assert r.returncode != 0 and "no_such_table" in r.stderr
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM core.users WHERE username = 'kiwi'")
+        assert cur.fetchone()[0] == 1
+
+
+def test_unreachable_database_is_one_clear_line(tmp_path):
+    r = popug("migrate", env={"POPUG_DATABASE__DSN": "host=127.0.0.1 port=1 dbname=x "
+                                                        "connect_timeout=2"})
+    assert r.returncode == 1
+    assert r.stderr.startswith("popug: cannot reach the database:")
+    assert "Traceback" not in r.stderr
+
+
+def _postmaster_pid(data):
+    p = data / "pgdata" / "postmaster.pid"
+    return int(p.read_text().splitlines()[0]) if p.exists() else None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_embedded_server_shared_by_processes_and_stopped_by_the_last(tmp_path):
+    data = tmp_path / "var"
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
+    env["POPUG_AUTH__BCRYPT_COST"] = "4"
+    with open(log, "w") as out:
+        serve = subprocess.Popen(POPUG + ["--data-dir", str(data), "--port", str(port)],
+                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(port, serve, log)
+        text = log.read_text()
+        password = (data / "initial-admin-password").read_text().strip()
+        assert f"password: {password}" in text
+        assert oct((data / "initial-admin-password").stat().st_mode & 0o777) == "0o600"
+        pg_pid = _postmaster_pid(data)
+        assert pg_pid and _alive(pg_pid)
+
+        # A second process on the same folder joins the running server...
+        r = popug("--data-dir", str(data), "dbshell", input="SELECT 'users=' || count(*) FROM core.users;\n")
+        assert r.returncode == 0 and "users=1" in r.stdout, r.stderr
+        # ...and leaving does not stop it under the first one's feet.
+        assert _postmaster_pid(data) == pg_pid and _alive(pg_pid)
+        wait_healthy(port, serve, log)
+
+        # The initial admin's password logs in.
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/tokens", method="POST",
+            data=json.dumps({"username": "admin", "password": password}).encode(),
+            headers={"Host": "auth.uberpopug.localhost", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 201
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=30)
+    assert code == 0, log.read_text()
+    deadline = time.time() + 10
+    while _alive(pg_pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pg_pid), "SIGTERM left the embedded PostgreSQL running"
+
+
+def test_embedded_server_recovers_after_a_killed_process(tmp_path):
+    data = tmp_path / "var"
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
+    env["POPUG_AUTH__BCRYPT_COST"] = "4"
+    with open(log, "w") as out:
+        first = subprocess.Popen(POPUG + ["--data-dir", str(data), "--port", str(port)],
+                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+    wait_healthy(port, first, log)
+    pg_pid = _postmaster_pid(data)
+    first.kill()  # SIGKILL: no atexit, its pid stays in pgserver's handle list
+    first.wait()
+    assert _alive(pg_pid)
+    with open(log, "a") as out:
+        second = subprocess.Popen(POPUG + ["--data-dir", str(data), "--port", str(port)],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(port, second, log)
+        assert _postmaster_pid(data) == pg_pid  # joined, not a second server
+        assert (data / "initial-admin-password").exists()
+        assert log.read_text().count("created user 'admin'") == 1
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+    deadline = time.time() + 10
+    while _alive(pg_pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pg_pid), "the dead pid kept the embedded PostgreSQL alive"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_on_a_dsn_stops_cleanly_on_signals(db_dsn, tmp_path, sig):
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
+    env.update(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
+    with open(log, "w") as out:
+        proc = subprocess.Popen(POPUG + ["--port", str(port), "--service=tracker"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    wait_healthy(port, proc, log)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 0
+    assert "stopped" in log.read_text()
