@@ -1,7 +1,7 @@
 """bin/popug: run the services, and the few commands a sysadmin needs.
 
-    popug [--service=all|landing|auth|tracker|...] [--port N] [--config FILE] [--data-dir DIR]
-    popug migrate | create-user NAME --role R --email E | dbshell
+popug [--service=all|landing|auth|tracker|...] [--port N] [--config FILE] [--data-dir DIR]
+popug migrate | create-user NAME --role R --email E | dbshell
 """
 
 import argparse
@@ -36,13 +36,23 @@ def build_parser():
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--service", default="all", choices=("all",) + SERVICES,
-                   help="which service to run in this process (default: all)")
-    p.add_argument("--config", metavar="FILE",
-                   help="YAML config file (default: config/popug.yaml of the checkout)")
+    p.add_argument(
+        "--service",
+        default="all",
+        choices=("all",) + SERVICES,
+        help="which service to run in this process (default: all)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (default: config/popug.yaml of the checkout)",
+    )
     p.add_argument("--port", type=int, metavar="N", help="port to listen on (server.port)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="folder for the embedded database, secrets and mail (data_dir)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder for the embedded database, secrets and mail (data_dir)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="run the services (default)")
     sub.add_parser("migrate", help="apply pending migrations and exit")
@@ -66,8 +76,9 @@ def database_dsn(config):
         return config.database.dsn
     from popug.common.embedded import start_embedded
 
-    log.info("no database.dsn configured: using the embedded PostgreSQL in %s/pgdata",
-             config.data_dir)
+    log.info(
+        "no database.dsn configured: using the embedded PostgreSQL in %s/pgdata", config.data_dir
+    )
     return start_embedded(config.data_dir, config.database.name)
 
 
@@ -105,15 +116,19 @@ def cmd_serve(args, config):
 
     services = "all" if args.service == "all" else [args.service]
     if args.service != "all" and args.service not in BUILT_SERVICES:
-        print(f"popug: the {args.service} service is not built yet "
-              f"(built: {', '.join(BUILT_SERVICES)})", file=sys.stderr)
+        print(
+            f"popug: the {args.service} service is not built yet "
+            f"(built: {', '.join(BUILT_SERVICES)})",
+            file=sys.stderr,
+        )
         return 3
     dsn = prepare_database(config)
     secret = cookie_secret(config)
 
     async def start():
-        db = await Database.connect(dsn, config.database.pool_min, config.database.pool_max,
-                                    config.database.timeout_s)
+        db = await Database.connect(
+            dsn, config.database.pool_min, config.database.pool_max, config.database.timeout_s
+        )
         app = make_app(config, db, services, cookie_secret=secret)
         server = tornado.httpserver.HTTPServer(app, xheaders=config.server.xheaders)
         server.listen(config.server.port, address=config.server.address)
@@ -123,15 +138,19 @@ def cmd_serve(args, config):
     try:
         db, server = loop.run_sync(start)
     except OSError as e:
-        print(f"popug: cannot listen on {config.server.address}:{config.server.port}: "
-              f"{e.strerror}", file=sys.stderr)
+        print(
+            f"popug: cannot listen on {config.server.address}:{config.server.port}: {e.strerror}",
+            file=sys.stderr,
+        )
         return 1
     port = config.server.port
     shown = BUILT_SERVICES if services == "all" else services
     for name in shown:
         log.info("%-10s http://%s:%s/", name, config.hosts[name], port)
-    print(f"UberPopug is running: open http://{config.hosts['landing']}:{port}/ "
-          f"(Ctrl-C to stop)", flush=True)
+    print(
+        f"UberPopug is running: open http://{config.hosts['landing']}:{port}/ (Ctrl-C to stop)",
+        flush=True,
+    )
 
     stopping = []
 
@@ -139,7 +158,7 @@ def cmd_serve(args, config):
         server.stop()
         try:
             await asyncio.wait_for(server.close_all_connections(), timeout=10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("some connections did not close within 10 s")
         await db.close()
         loop.stop()
@@ -190,8 +209,9 @@ def cmd_create_user(args, config):
     async def create():
         db = await Database.connect(dsn, 1, 2, config.database.timeout_s)
         try:
-            return await queries.create_user(db, args.username, password, args.role, args.email,
-                                             config.auth.bcrypt_cost)
+            return await queries.create_user(
+                db, args.username, password, args.role, args.email, config.auth.bcrypt_cost
+            )
         finally:
             await db.close()
 
@@ -242,8 +262,9 @@ def main(argv=None):
     except ConfigError as e:
         print(f"popug: config: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     exit_cleanly_on_sigterm()
     try:

@@ -76,22 +76,28 @@ def db_dsn(pg):
     admin_dsn, _ = pg
     name = f"popug_test_{os.getpid()}_{next(_counter)}"
     with admin_connection(admin_dsn) as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(TEMPLATE_DB)))
+        cur.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
+            )
+        )
     yield dsn_for(admin_dsn, name)
     with admin_connection(admin_dsn) as cur:
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
 def config(db_dsn, tmp_path):
-    return load_config(None, environ={}, overrides={
-        "database.dsn": db_dsn,
-        "data_dir": str(tmp_path / "var"),
-        "auth.bcrypt_cost": 4,
-        "database.pool_max": 20,
-    })
+    return load_config(
+        None,
+        environ={},
+        overrides={
+            "database.dsn": db_dsn,
+            "data_dir": str(tmp_path / "var"),
+            "auth.bcrypt_cost": 4,
+            "database.pool_max": 20,
+        },
+    )
 
 
 @pytest.fixture
@@ -166,8 +172,18 @@ class Browser:
             jar["_xsrf"] = secrets.token_hex(16)
         return jar["_xsrf"]
 
-    async def request(self, method, url, form=None, json=None, headers=None, follow=True,
-                      body=None, xsrf=True, max_redirects=10):
+    async def request(
+        self,
+        method,
+        url,
+        form=None,
+        json=None,
+        headers=None,
+        follow=True,
+        body=None,
+        xsrf=True,
+        max_redirects=10,
+    ):
         headers = dict(headers or {})
         for _ in range(max_redirects + 1):
             host = urllib.parse.urlsplit(url).hostname
@@ -189,9 +205,17 @@ class Browser:
             cookie = self._cookie_header(host)
             if cookie:
                 h["Cookie"] = cookie
-            r = await self.env.http.fetch(HTTPRequest(
-                url, method=method, headers=h, body=data, follow_redirects=False,
-                request_timeout=60), raise_error=False)
+            r = await self.env.http.fetch(
+                HTTPRequest(
+                    url,
+                    method=method,
+                    headers=h,
+                    body=data,
+                    follow_redirects=False,
+                    request_timeout=60,
+                ),
+                raise_error=False,
+            )
             self._store(host, r)
             resp = Response(r)
             if follow and r.code in (301, 302, 303, 307) and resp.location:
@@ -212,9 +236,11 @@ class Browser:
         r = await self.get(service, path)
         assert r.url.startswith(self.url("auth", "/login")), r
         next_url = urllib.parse.parse_qs(urllib.parse.urlsplit(r.url).query)["next"][0]
-        r = await self.request("POST", self.url("auth", "/login"),
-                               form={"username": username, "password": password,
-                                     "next": next_url})
+        r = await self.request(
+            "POST",
+            self.url("auth", "/login"),
+            form={"username": username, "password": password, "next": next_url},
+        )
         return r
 
 
@@ -240,8 +266,15 @@ class Api:
         h = dict(headers or {})
         if self.token:
             h["Authorization"] = f"Bearer {self.token}"
-        return await self.browser.request(method, self.browser.url(service, path), json=json,
-                                          body=body, headers=h, follow=False, xsrf=False)
+        return await self.browser.request(
+            method,
+            self.browser.url(service, path),
+            json=json,
+            body=body,
+            headers=h,
+            follow=False,
+            xsrf=False,
+        )
 
     async def get(self, service, path, **kw):
         return await self.call("GET", service, path, **kw)
@@ -265,19 +298,29 @@ class Env:
         mapping = {host: "127.0.0.1" for host in config.hosts.values()}
         mapping["unknown.example"] = "127.0.0.1"
         self.http = SimpleAsyncHTTPClient(
-            force_instance=True, max_clients=50,
-            resolver=OverrideResolver(resolver=DefaultLoopResolver(), mapping=mapping))
+            force_instance=True,
+            max_clients=50,
+            resolver=OverrideResolver(resolver=DefaultLoopResolver(), mapping=mapping),
+        )
         self._n = itertools.count(1)
 
     async def user(self, role="worker", username=None, password=None, email=None):
         username = username or f"{role}{next(self._n)}"
         return await auth_queries.create_user(
-            self.db, username, password or self.PASSWORD, role,
-            email or f"{username}@popug.test", self.config.auth.bcrypt_cost)
+            self.db,
+            username,
+            password or self.PASSWORD,
+            role,
+            email or f"{username}@popug.test",
+            self.config.auth.bcrypt_cost,
+        )
 
     async def token_for(self, username, password=None):
-        r = await Api(self).post("auth", "/api/v1/tokens",
-                                 json={"username": username, "password": password or self.PASSWORD})
+        r = await Api(self).post(
+            "auth",
+            "/api/v1/tokens",
+            json={"username": username, "password": password or self.PASSWORD},
+        )
         assert r.status == 201, r
         return r.json()["token"]
 
@@ -307,4 +350,3 @@ def env(config, db, http_server, http_port):
     e = Env(config, db, http_port)
     yield e
     e.http.close()
-

@@ -20,12 +20,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or (
-    "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
+    "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
+)
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="Chromium and chromedriver are not installed (Debian: apt-get install chromium "
-           "chromium-driver); .ci/run installs them",
+    "chromium-driver); .ci/run installs them",
 )
 
 
@@ -38,26 +39,39 @@ def free_port():
 def add_user(dsn, username, role, password):
     pw_hash = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO core.users (username, password_hash, role, email)"
-                    " VALUES (%s, %s, %s, %s) RETURNING id",
-                    (username, pw_hash, role, f"{username}@popug.test"))
+        cur.execute(
+            "INSERT INTO core.users (username, password_hash, role, email)"
+            " VALUES (%s, %s, %s, %s) RETURNING id",
+            (username, pw_hash, role, f"{username}@popug.test"),
+        )
         return cur.fetchone()[0]
-    
+
 
 @pytest.fixture
 def live_system(db_dsn, tmp_path):
     """bin/popug --service=all on a free port; yields the base URL pieces."""
     port = free_port()
-    env = dict(os.environ, POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path / "var"),
-               POPUG_AUTH__BCRYPT_COST="4")
+    env = dict(
+        os.environ,
+        POPUG_DATABASE__DSN=db_dsn,
+        POPUG_DATA_DIR=str(tmp_path / "var"),
+        POPUG_AUTH__BCRYPT_COST="4",
+    )
     log = open(tmp_path / "popug.log", "w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "bin" / "popug"), "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "bin" / "popug"), "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
     deadline = time.time() + 30
     while True:
         try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
-                                         headers={"Host": "tasktracker.uberpopug.localhost"})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/healthz",
+                headers={"Host": "tasktracker.uberpopug.localhost"},
+            )
             with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
                     break
@@ -65,7 +79,9 @@ def live_system(db_dsn, tmp_path):
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            raise AssertionError("bin/popug did not start:\n" + (tmp_path / "popug.log").read_text())
+            raise AssertionError(
+                "bin/popug did not start:\n" + (tmp_path / "popug.log").read_text()
+            )
         time.sleep(0.2)
     yield port
     proc.terminate()
@@ -82,10 +98,19 @@ def chrome(tmp_path):
         os.environ["NO_PROXY"] += ",localhost,127.0.0.1"
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.implicitly_wait(5)
@@ -94,7 +119,8 @@ def chrome(tmp_path):
 
 
 def test_manager_logs_in_once_creates_shuffles_and_logs_out_everywhere(
-        live_system, chrome, db_dsn, tmp_path):
+    live_system, chrome, db_dsn, tmp_path
+):
     from selenium.webdriver.common.by import By
 
     port = live_system
@@ -127,7 +153,9 @@ def test_manager_logs_in_once_creates_shuffles_and_logs_out_everywhere(
     # Shuffle (confirm dialog accepted), then the flash reports it.
     chrome.find_element(By.ID, "shuffle").click()
     chrome.switch_to.alert.accept()
-    assert "Shuffled: 1 open task reassigned." in chrome.find_element(By.CSS_SELECTOR, ".flash").text
+    assert (
+        "Shuffled: 1 open task reassigned." in chrome.find_element(By.CSS_SELECTOR, ".flash").text
+    )
 
     # Auth knows us too: no login form there.
     chrome.get(f"{auth}/")
@@ -153,9 +181,11 @@ def test_worker_sees_only_own_tasks_and_completes_one(live_system, chrome, db_ds
     with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT id FROM core.users WHERE username = 'kiwi'")
         kiwi = cur.fetchone()[0]
-        cur.execute("INSERT INTO core.tasks (title, assignee_id, assign_fee, reward, created_by)"
-                    " VALUES ('Preen feathers', %s, 12.50, 30.00, %s) RETURNING id",
-                    (kiwi, manager_id))
+        cur.execute(
+            "INSERT INTO core.tasks (title, assignee_id, assign_fee, reward, created_by)"
+            " VALUES ('Preen feathers', %s, 12.50, 30.00, %s) RETURNING id",
+            (kiwi, manager_id),
+        )
         task_id = cur.fetchone()[0]
     tracker = f"http://tasktracker.uberpopug.localhost:{port}"
     chrome.get(f"{tracker}/")

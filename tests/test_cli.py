@@ -20,8 +20,15 @@ POPUG = [sys.executable, str(REPO / "bin" / "popug")]
 def popug(*args, env=None, input=None, timeout=60, cwd=None):
     e = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
     e.update(env or {})
-    return subprocess.run(POPUG + list(args), env=e, input=input, capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        POPUG + list(args),
+        env=e,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def free_port():
@@ -36,8 +43,9 @@ def wait_healthy(port, proc, log, timeout=60):
         if proc.poll() is not None:
             raise AssertionError(f"bin/popug exited {proc.returncode}:\n{log.read_text()}")
         try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
-                                         headers={"Host": "auth.uberpopug.localhost"})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/healthz", headers={"Host": "auth.uberpopug.localhost"}
+            )
             with urllib.request.urlopen(req, timeout=2) as r:
                 return r.read()
         except OSError:
@@ -48,8 +56,17 @@ def wait_healthy(port, proc, log, timeout=60):
 def test_help_lists_services_and_commands():
     r = popug("--help")
     assert r.returncode == 0
-    for word in ("--service", "--config", "--port", "--data-dir", "create-user", "migrate",
-                 "dbshell", "tracker", "notifier"):
+    for word in (
+        "--service",
+        "--config",
+        "--port",
+        "--data-dir",
+        "create-user",
+        "migrate",
+        "dbshell",
+        "tracker",
+        "notifier",
+    ):
         assert word in r.stdout
 
 
@@ -59,7 +76,8 @@ def test_a_config_mistake_stops_the_start_with_one_line(tmp_path):
     r = popug("--config", str(f), "--data-dir", str(tmp_path))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "popug: config: server.port: expected a TCP port number 1-65535 (int), got 'eighty'"]
+        "popug: config: server.port: expected a TCP port number 1-65535 (int), got 'eighty'"
+    ]
     r = popug("--data-dir", str(tmp_path), env={"POPUG_DATABSE__DSN": "x"})
     assert r.returncode == 2 and "POPUG_DATABSE__DSN: unknown key databse.dsn" in r.stderr
 
@@ -77,18 +95,37 @@ def test_unknown_service_name_is_refused():
 
 
 def test_migrate_create_user_and_dbshell_on_a_dsn(db_dsn, tmp_path):
-    env = {"POPUG_DATABASE__DSN": db_dsn, "POPUG_DATA_DIR": str(tmp_path),
-           "POPUG_AUTH__BCRYPT_COST": "4"}
+    env = {
+        "POPUG_DATABASE__DSN": db_dsn,
+        "POPUG_DATA_DIR": str(tmp_path),
+        "POPUG_AUTH__BCRYPT_COST": "4",
+    }
     r = popug("migrate", env=env)
     assert r.returncode == 0 and "up to date" in r.stdout
-    r = popug("create-user", "kiwi", "--role", "manager", "--email", "kiwi@popug.test",
-              env=env, input="kiwi-password\n")
+    r = popug(
+        "create-user",
+        "kiwi",
+        "--role",
+        "manager",
+        "--email",
+        "kiwi@popug.test",
+        env=env,
+        input="kiwi-password\n",
+    )
     assert r.returncode == 0, r.stderr
     assert "created user kiwi" in r.stdout and "kiwi-password" not in r.stdout + r.stderr
     r = popug("create-user", "kiwi", "--email", "k@popug.test", env=env, input="other-password\n")
     assert r.returncode == 1 and "already taken" in r.stderr
-    r = popug("create-user", "pip", "--role", "boss", "--email", "p@popug.test", env=env,
-              input="pip-password\n")
+    r = popug(
+        "create-user",
+        "pip",
+        "--role",
+        "boss",
+        "--email",
+        "p@popug.test",
+        env=env,
+        input="pip-password\n",
+    )
     assert r.returncode == 1 and "unknown role 'boss'" in r.stderr
     r = popug("dbshell", env=env, input="SELECT username || '/' || role FROM core.users;\n")
     assert r.returncode == 0, r.stderr
@@ -101,8 +138,9 @@ def test_migrate_create_user_and_dbshell_on_a_dsn(db_dsn, tmp_path):
 
 
 def test_unreachable_database_is_one_clear_line(tmp_path):
-    r = popug("migrate", env={"POPUG_DATABASE__DSN": "host=127.0.0.1 port=1 dbname=x "
-                                                        "connect_timeout=2"})
+    r = popug(
+        "migrate", env={"POPUG_DATABASE__DSN": "host=127.0.0.1 port=1 dbname=x connect_timeout=2"}
+    )
     assert r.returncode == 1
     assert r.stderr.startswith("popug: cannot reach the database:")
     assert "Traceback" not in r.stderr
@@ -128,8 +166,12 @@ def test_embedded_server_shared_by_processes_and_stopped_by_the_last(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
     env["POPUG_AUTH__BCRYPT_COST"] = "4"
     with open(log, "w") as out:
-        serve = subprocess.Popen(POPUG + ["--data-dir", str(data), "--port", str(port)],
-                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+        serve = subprocess.Popen(
+            POPUG + ["--data-dir", str(data), "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_healthy(port, serve, log)
         text = log.read_text()
@@ -140,7 +182,12 @@ def test_embedded_server_shared_by_processes_and_stopped_by_the_last(tmp_path):
         assert pg_pid and _alive(pg_pid)
 
         # A second process on the same folder joins the running server...
-        r = popug("--data-dir", str(data), "dbshell", input="SELECT 'users=' || count(*) FROM core.users;\n")
+        r = popug(
+            "--data-dir",
+            str(data),
+            "dbshell",
+            input="SELECT 'users=' || count(*) FROM core.users;\n",
+        )
         assert r.returncode == 0 and "users=1" in r.stdout, r.stderr
         # ...and leaving does not stop it under the first one's feet.
         assert _postmaster_pid(data) == pg_pid and _alive(pg_pid)
@@ -148,9 +195,11 @@ def test_embedded_server_shared_by_processes_and_stopped_by_the_last(tmp_path):
 
         # The initial admin's password logs in.
         req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/v1/tokens", method="POST",
+            f"http://127.0.0.1:{port}/api/v1/tokens",
+            method="POST",
             data=json.dumps({"username": "admin", "password": password}).encode(),
-            headers={"Host": "auth.uberpopug.localhost", "Content-Type": "application/json"})
+            headers={"Host": "auth.uberpopug.localhost", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 201
     finally:
@@ -170,16 +219,24 @@ def test_embedded_server_recovers_after_a_killed_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
     env["POPUG_AUTH__BCRYPT_COST"] = "4"
     with open(log, "w") as out:
-        first = subprocess.Popen(POPUG + ["--data-dir", str(data), "--port", str(port)],
-                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(
+            POPUG + ["--data-dir", str(data), "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     wait_healthy(port, first, log)
     pg_pid = _postmaster_pid(data)
     first.kill()  # SIGKILL: no atexit, its pid stays in pgserver's handle list
     first.wait()
     assert _alive(pg_pid)
     with open(log, "a") as out:
-        second = subprocess.Popen(POPUG + ["--data-dir", str(data), "--port", str(port)],
-                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+        second = subprocess.Popen(
+            POPUG + ["--data-dir", str(data), "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_healthy(port, second, log)
         assert _postmaster_pid(data) == pg_pid  # joined, not a second server
@@ -201,8 +258,12 @@ def test_serve_on_a_dsn_stops_cleanly_on_signals(db_dsn, tmp_path, sig):
     env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
     env.update(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
     with open(log, "w") as out:
-        proc = subprocess.Popen(POPUG + ["--port", str(port), "--service=tracker"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            POPUG + ["--port", str(port), "--service=tracker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     wait_healthy(port, proc, log)
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == 0

@@ -28,8 +28,12 @@ def test_domain_moves_every_host_and_env_overrides_the_file(tmp_path):
     assert c.hosts["tracker"] == "tasks.example"
     assert c.server.port == 9100 and c.auth.bcrypt_cost == 10
     # Command-line flags win over both.
-    assert load_config(f, environ={"POPUG_SERVER__PORT": "9100"},
-                       overrides={"server.port": 9200}).server.port == 9200
+    assert (
+        load_config(
+            f, environ={"POPUG_SERVER__PORT": "9100"}, overrides={"server.port": 9200}
+        ).server.port
+        == 9200
+    )
 
 
 def test_a_dsn_in_the_environment_stays_a_string():
@@ -37,21 +41,24 @@ def test_a_dsn_in_the_environment_stays_a_string():
     assert c.database.dsn == "host=db port=5432 dbname=popug"
 
 
-@pytest.mark.parametrize("yaml_text, environ, message", [
-    ("server:\n  port: eighty\n", {}, "server.port: expected a TCP port number 1-65535 (int)"),
-    ("server:\n  port: 70000\n", {}, "server.port: expected a TCP port number"),
-    ("server:\n  port: true\n", {}, "server.port: expected"),
-    ("server:\n  prot: 80\n", {}, "server.prot: unknown key"),
-    ("colour: blue\n", {}, "colour: unknown key"),
-    ("auth:\n  bcrypt_cost: 2\n", {}, "auth.bcrypt_cost: expected an integer 4-31"),
-    ("server: 8080\n", {}, "server: expected a mapping"),
-    ("server:\n  cookie_secret: short\n", {}, "server.cookie_secret: expected a secret of 32+"),
-    ("- a\n- b\n", {}, "expected a mapping of keys at the top level"),
-    ("server: [\n", {}, "not valid YAML"),
-    ("", {"POPUG_SERVER__PORT": "abc"}, "server.port: expected"),
-    ("", {"POPUG_NOPE": "1"}, "POPUG_NOPE: unknown key nope"),
-    ("", {"POPUG_SERVER": "1"}, "POPUG_SERVER: server is a section"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, environ, message",
+    [
+        ("server:\n  port: eighty\n", {}, "server.port: expected a TCP port number 1-65535 (int)"),
+        ("server:\n  port: 70000\n", {}, "server.port: expected a TCP port number"),
+        ("server:\n  port: true\n", {}, "server.port: expected"),
+        ("server:\n  prot: 80\n", {}, "server.prot: unknown key"),
+        ("colour: blue\n", {}, "colour: unknown key"),
+        ("auth:\n  bcrypt_cost: 2\n", {}, "auth.bcrypt_cost: expected an integer 4-31"),
+        ("server: 8080\n", {}, "server: expected a mapping"),
+        ("server:\n  cookie_secret: short\n", {}, "server.cookie_secret: expected a secret of 32+"),
+        ("- a\n- b\n", {}, "expected a mapping of keys at the top level"),
+        ("server: [\n", {}, "not valid YAML"),
+        ("", {"POPUG_SERVER__PORT": "abc"}, "server.port: expected"),
+        ("", {"POPUG_NOPE": "1"}, "POPUG_NOPE: unknown key nope"),
+        ("", {"POPUG_SERVER": "1"}, "POPUG_SERVER: server is a section"),
+    ],
+)
 def test_mistakes_name_the_key_and_what_was_expected(tmp_path, yaml_text, environ, message):
     f = tmp_path / "popug.yaml"
     f.write_text(yaml_text)

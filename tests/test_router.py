@@ -16,8 +16,9 @@ async def test_landing_page_links_every_service(env):
 @pytest.mark.gen_test
 async def test_hosts_match_without_port_and_case_insensitively(env):
     b = Browser(env)
-    r = await b.request("GET", f"http://127.0.0.1:{env.port}/login",
-                        headers={"Host": "AUTH.UberPopug.Localhost"})
+    r = await b.request(
+        "GET", f"http://127.0.0.1:{env.port}/login", headers={"Host": "AUTH.UberPopug.Localhost"}
+    )
     assert r.status == 200
     assert "Log in to UberPopug" in r.text
 
@@ -26,8 +27,9 @@ async def test_hosts_match_without_port_and_case_insensitively(env):
 async def test_a_path_of_another_service_is_404_not_that_service(env):
     b = Browser(env)
     # /login exists on auth only; on the tracker host it must not fall through.
-    r = await b.request("GET", f"http://127.0.0.1:{env.port}/login",
-                        headers={"Host": env.config.hosts["tracker"]})
+    r = await b.request(
+        "GET", f"http://127.0.0.1:{env.port}/login", headers={"Host": env.config.hosts["tracker"]}
+    )
     assert r.status == 404
     assert "Log in to UberPopug" not in r.text
     assert "There is no page at this address" in r.text
@@ -38,12 +40,14 @@ async def test_a_path_of_another_service_is_404_not_that_service(env):
 
 @pytest.mark.gen_test
 async def test_unknown_host_gets_the_landing_page(env):
-    r = await Browser(env).request("GET", f"http://127.0.0.1:{env.port}/",
-                                   headers={"Host": "unknown.example"})
+    r = await Browser(env).request(
+        "GET", f"http://127.0.0.1:{env.port}/", headers={"Host": "unknown.example"}
+    )
     assert r.status == 200
     assert "Task tracker" in r.text
-    r = await Browser(env).request("GET", f"http://127.0.0.1:{env.port}/tasks",
-                                   headers={"Host": "unknown.example"})
+    r = await Browser(env).request(
+        "GET", f"http://127.0.0.1:{env.port}/tasks", headers={"Host": "unknown.example"}
+    )
     assert r.status == 404
     assert "does not serve the host" in r.text
 

@@ -11,7 +11,8 @@ from tests.conftest import Api
 
 async def ledger(env, task_id):
     return await env.db.fetch_all(
-        "SELECT user_id, kind, amount FROM core.ledger WHERE task_id = %s ORDER BY id", task_id)
+        "SELECT user_id, kind, amount FROM core.ledger WHERE task_id = %s ORDER BY id", task_id
+    )
 
 
 @pytest.mark.gen_test
@@ -23,8 +24,11 @@ async def test_manager_creates_a_task_assigned_to_a_random_worker_with_fixed_pri
     assignable = {w.id for w in workers} | {accountant.id}
     seen = set()
     for i in range(40):
-        r = await manager.post("tracker", "/api/v1/tasks",
-                               json={"title": f"Feed the parrots {i}", "description": "seeds"})
+        r = await manager.post(
+            "tracker",
+            "/api/v1/tasks",
+            json={"title": f"Feed the parrots {i}", "description": "seeds"},
+        )
         assert r.status == 201, r
         t = r.json()
         assert t["status"] == "open" and t["completed_at"] is None
@@ -32,12 +36,15 @@ async def test_manager_creates_a_task_assigned_to_a_random_worker_with_fixed_pri
         assert t["assignee"]["id"] in assignable
         seen.add(t["assignee"]["id"])
         fee, reward = Decimal(t["assign_fee"]), Decimal(t["reward"])
-        assert re.fullmatch(r"\d+\.\d\d", t["assign_fee"]) and re.fullmatch(r"\d+\.\d\d", t["reward"])
+        assert re.fullmatch(r"\d+\.\d\d", t["assign_fee"]) and re.fullmatch(
+            r"\d+\.\d\d", t["reward"]
+        )
         assert Decimal("10.00") <= fee <= Decimal("20.00")
         assert Decimal("20.00") <= reward <= Decimal("40.00")
         assert "+" in t["created_at"] or t["created_at"].endswith("Z")
         assert await ledger(env, t["id"]) == [
-            {"user_id": t["assignee"]["id"], "kind": "fee", "amount": -fee}]
+            {"user_id": t["assignee"]["id"], "kind": "fee", "amount": -fee}
+        ]
     # 40 draws over 4 popugs: all of them get something (p(miss) < 4 * 0.75^40 ≈ 4e-5).
     assert seen == assignable
 
@@ -53,8 +60,9 @@ async def test_inactive_popugs_get_no_tasks(env):
         assert r.json()["assignee"]["id"] == active.id
     r = await manager.post("tracker", "/api/v1/tasks/shuffle")
     assert r.json() == {"reassigned": 15}
-    assert await env.scalar(
-        "SELECT count(*) FROM core.tasks WHERE assignee_id <> %s", active.id) == 0
+    assert (
+        await env.scalar("SELECT count(*) FROM core.tasks WHERE assignee_id <> %s", active.id) == 0
+    )
 
 
 @pytest.mark.gen_test
@@ -73,15 +81,23 @@ async def test_no_assignable_popug_is_a_clear_409_and_writes_nothing(env):
 async def test_shuffle_reassigns_every_open_task_and_charges_each_fee_again(env):
     manager = await env.api("manager")
     workers = [await env.user("worker") for _ in range(4)]
-    tasks = [(await manager.post("tracker", "/api/v1/tasks", json={"title": f"t{i}"})).json()
-             for i in range(30)]
+    tasks = [
+        (await manager.post("tracker", "/api/v1/tasks", json={"title": f"t{i}"})).json()
+        for i in range(30)
+    ]
     done = tasks[0]
     w = Api(env, await env.token_for(done["assignee"]["username"]))
     assert (await w.post("tracker", f"/api/v1/tasks/{done['id']}/complete")).status == 200
-    before = {t.id: t.assignee_id for t in await env.db.fetch_all("SELECT id, assignee_id FROM core.tasks")}
+    before = {
+        t.id: t.assignee_id
+        for t in await env.db.fetch_all("SELECT id, assignee_id FROM core.tasks")
+    }
     r = await manager.post("tracker", "/api/v1/tasks/shuffle")
     assert r.status == 200 and r.json() == {"reassigned": 29}
-    after = {t.id: t.assignee_id for t in await env.db.fetch_all("SELECT id, assignee_id FROM core.tasks")}
+    after = {
+        t.id: t.assignee_id
+        for t in await env.db.fetch_all("SELECT id, assignee_id FROM core.tasks")
+    }
     assert after[done["id"]] == before[done["id"]]  # a done task stays where it was
     assert set(after.values()) <= {x.id for x in workers}
     assert any(after[i] != before[i] for i in after)
@@ -102,7 +118,8 @@ async def test_shuffle_spreads_tasks_over_all_popugs(env):
         await manager.post("tracker", "/api/v1/tasks", json={"title": f"t{i}"})
     await manager.post("tracker", "/api/v1/tasks/shuffle")
     counts = await env.db.fetch_all(
-        "SELECT assignee_id, count(*) AS n FROM core.tasks GROUP BY assignee_id")
+        "SELECT assignee_id, count(*) AS n FROM core.tasks GROUP BY assignee_id"
+    )
     # Each task drew its own assignee (not one draw for the whole shuffle).
     assert {c.assignee_id for c in counts} == {w.id for w in workers}
 
@@ -112,8 +129,10 @@ async def test_worker_sees_and_completes_only_their_own_tasks(env):
     manager = await env.api("manager")
     alice = await env.api("worker")
     bob = await env.api("worker")
-    ids = [(await manager.post("tracker", "/api/v1/tasks", json={"title": f"t{i}"})).json()
-           for i in range(12)]
+    ids = [
+        (await manager.post("tracker", "/api/v1/tasks", json={"title": f"t{i}"})).json()
+        for i in range(12)
+    ]
     mine = [t for t in ids if t["assignee"]["id"] == alice.user.id]
     theirs = [t for t in ids if t["assignee"]["id"] == bob.user.id]
     assert mine and theirs
@@ -138,7 +157,8 @@ async def test_worker_sees_and_completes_only_their_own_tasks(env):
     assert body["status"] == "done" and body["completed_at"]
     assert await ledger(env, t["id"]) == [
         {"user_id": alice.user.id, "kind": "fee", "amount": -Decimal(t["assign_fee"])},
-        {"user_id": alice.user.id, "kind": "reward", "amount": Decimal(t["reward"])}]
+        {"user_id": alice.user.id, "kind": "reward", "amount": Decimal(t["reward"])},
+    ]
     r = await alice.post("tracker", f"/api/v1/tasks/{t['id']}/complete")
     assert r.status == 409 and "already completed" in r.json()["error"]
     r = await alice.get("tracker", "/api/v1/tasks?assignee=me&status=done")
@@ -172,11 +192,15 @@ async def test_two_concurrent_completes_give_one_200_one_409_and_one_credit(env)
         t = (await manager.post("tracker", "/api/v1/tasks", json={"title": "race"})).json()
         results = await asyncio.gather(
             worker.post("tracker", f"/api/v1/tasks/{t['id']}/complete"),
-            worker.post("tracker", f"/api/v1/tasks/{t['id']}/complete"))
+            worker.post("tracker", f"/api/v1/tasks/{t['id']}/complete"),
+        )
         assert sorted(r.status for r in results) == [200, 409]
-        assert await env.scalar(
-            "SELECT count(*) FROM core.ledger WHERE task_id = %s AND kind = 'reward'",
-            t["id"]) == 1
+        assert (
+            await env.scalar(
+                "SELECT count(*) FROM core.ledger WHERE task_id = %s AND kind = 'reward'", t["id"]
+            )
+            == 1
+        )
 
 
 @pytest.mark.gen_test
@@ -198,8 +222,12 @@ async def test_reassigned_task_cannot_be_completed_by_its_old_assignee(env):
     r = await alice.post("tracker", f"/api/v1/tasks/{t['id']}/complete")
     assert r.status == 409
     assert "was reassigned" in r.json()["error"] and "by a shuffle" in r.json()["error"]
-    assert await env.scalar(
-        "SELECT count(*) FROM core.ledger WHERE task_id = %s AND kind = 'reward'", t["id"]) == 0
+    assert (
+        await env.scalar(
+            "SELECT count(*) FROM core.ledger WHERE task_id = %s AND kind = 'reward'", t["id"]
+        )
+        == 0
+    )
 
 
 @pytest.mark.gen_test
@@ -207,10 +235,14 @@ async def test_complete_racing_a_shuffle_never_pays_a_reassigned_task(env):
     manager = await env.api("manager")
     workers = [await env.api("worker") for _ in range(3)]
     by_id = {w.user.id: w for w in workers}
-    tasks = [(await manager.post("tracker", "/api/v1/tasks", json={"title": f"r{i}"})).json()
-             for i in range(30)]
-    completes = [by_id[t["assignee"]["id"]].post("tracker", f"/api/v1/tasks/{t['id']}/complete")
-                 for t in tasks]
+    tasks = [
+        (await manager.post("tracker", "/api/v1/tasks", json={"title": f"r{i}"})).json()
+        for i in range(30)
+    ]
+    completes = [
+        by_id[t["assignee"]["id"]].post("tracker", f"/api/v1/tasks/{t['id']}/complete")
+        for t in tasks
+    ]
     results = await asyncio.gather(manager.post("tracker", "/api/v1/tasks/shuffle"), *completes)
     assert results[0].status == 200
     assert {r.status for r in results[1:]} <= {200, 409}
@@ -218,10 +250,12 @@ async def test_complete_racing_a_shuffle_never_pays_a_reassigned_task(env):
     # every open task's last fee is charged to its current assignee.
     rows = await env.db.fetch_all(
         "SELECT t.id, t.status, t.assignee_id,"
-        " (SELECT count(*) FROM core.ledger l WHERE l.task_id = t.id AND l.kind = 'reward') AS rewards,"
+        " (SELECT count(*) FROM core.ledger l"
+        "   WHERE l.task_id = t.id AND l.kind = 'reward') AS rewards,"
         " (SELECT user_id FROM core.ledger l WHERE l.task_id = t.id AND l.kind = 'reward') AS paid,"
         " (SELECT user_id FROM core.ledger l WHERE l.task_id = t.id AND l.kind = 'fee'"
-        "   ORDER BY id DESC LIMIT 1) AS last_fee_to FROM core.tasks t")
+        "   ORDER BY id DESC LIMIT 1) AS last_fee_to FROM core.tasks t"
+    )
     for row in rows:
         assert row.last_fee_to == row.assignee_id
         if row.status == "done":
@@ -235,8 +269,10 @@ async def test_list_filters_for_managers(env):
     manager = await env.api("manager")
     alice = await env.api("worker")
     await env.user("worker")
-    tasks = [(await manager.post("tracker", "/api/v1/tasks", json={"title": f"t{i}"})).json()
-             for i in range(10)]
+    tasks = [
+        (await manager.post("tracker", "/api/v1/tasks", json={"title": f"t{i}"})).json()
+        for i in range(10)
+    ]
     alice_tasks = [t for t in tasks if t["assignee"]["id"] == alice.user.id]
     await alice.post("tracker", f"/api/v1/tasks/{alice_tasks[0]['id']}/complete")
     r = await manager.get("tracker", "/api/v1/tasks")
@@ -249,8 +285,9 @@ async def test_list_filters_for_managers(env):
     page = r.json()["tasks"]
     assert [t["id"] for t in page] == sorted((t["id"] for t in tasks), reverse=True)[:3]
     r = await manager.get("tracker", f"/api/v1/tasks?limit=3&before={page[-1]['id']}")
-    assert [t["id"] for t in r.json()["tasks"]] == sorted(
-        (t["id"] for t in tasks), reverse=True)[3:6]
+    assert [t["id"] for t in r.json()["tasks"]] == sorted((t["id"] for t in tasks), reverse=True)[
+        3:6
+    ]
 
 
 BAD_TASKS = [
@@ -281,24 +318,35 @@ async def test_bad_task_input_is_a_clear_400_and_writes_nothing(env, body, messa
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("raw, message", [
-    (b"not json", "not valid JSON"),
-    (b"[1, 2]", "must be a JSON object"),
-    (b'"title"', "must be a JSON object"),
-    (b"\xff\xfe", "not valid UTF-8"),
-    (b'{"title": "a"', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'"title"', "must be a JSON object"),
+        (b"\xff\xfe", "not valid UTF-8"),
+        (b'{"title": "a"', "not valid JSON"),
+    ],
+)
 async def test_body_that_is_not_a_json_object(env, raw, message):
     manager = await env.api("manager")
-    r = await manager.call("POST", "tracker", "/api/v1/tasks", body=raw,
-                           headers={"Content-Type": "application/json"})
+    r = await manager.call(
+        "POST", "tracker", "/api/v1/tasks", body=raw, headers={"Content-Type": "application/json"}
+    )
     assert r.status == 400 and message in r.json()["error"]
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("path", ["/api/v1/tasks/abc/complete", "/api/v1/tasks/-1/complete",
-                                  "/api/v1/tasks/1.5/complete", "/api/v1/tasks/%C2%B2/complete",
-                                  "/api/v1/tasks/99999999999999999999/complete"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/tasks/abc/complete",
+        "/api/v1/tasks/-1/complete",
+        "/api/v1/tasks/1.5/complete",
+        "/api/v1/tasks/%C2%B2/complete",
+        "/api/v1/tasks/99999999999999999999/complete",
+    ],
+)
 async def test_non_numeric_task_ids(env, path):
     worker = await env.api("worker")
     r = await worker.post("tracker", path)
@@ -313,13 +361,16 @@ async def test_missing_task_is_404(env):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("query, message", [
-    ("status=closed", "status must be one of open, done"),
-    ("assignee=bob", "assignee must be a positive whole number"),
-    ("limit=0", "limit must be"),
-    ("limit=5000", "limit is at most 1000"),
-    ("before=x", "before must be"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("status=closed", "status must be one of open, done"),
+        ("assignee=bob", "assignee must be a positive whole number"),
+        ("limit=0", "limit must be"),
+        ("limit=5000", "limit is at most 1000"),
+        ("before=x", "before must be"),
+    ],
+)
 async def test_bad_list_filters(env, query, message):
     manager = await env.api("manager")
     r = await manager.get("tracker", "/api/v1/tasks?" + query)
@@ -332,8 +383,9 @@ async def test_hostile_text_is_stored_and_shown_exactly_and_escaped(env):
     worker = await env.user("worker")
     title = "<script>alert('x')</script> \t tab \\n \\. 🦜 ünïcödé"
     description = "line1\nline2\r\n\\.\n<b>bold</b>"
-    r = await manager.post("tracker", "/api/v1/tasks", json={"title": title,
-                                                              "description": description})
+    r = await manager.post(
+        "tracker", "/api/v1/tasks", json={"title": title, "description": description}
+    )
     t = r.json()
     assert (t["title"], t["description"]) == (title.strip(), description)
     from tests.conftest import Browser
@@ -354,8 +406,9 @@ async def test_pages_manager_creates_and_shuffles_worker_completes(env):
     worker = await env.browser("worker")
     r = await manager.get("tracker", "/tasks/new")
     assert r.status == 200 and 'name="title"' in r.text
-    r = await manager.post("tracker", "/tasks", form={"title": "Polish the perch",
-                                                      "description": "both sides"})
+    r = await manager.post(
+        "tracker", "/tasks", form={"title": "Polish the perch", "description": "both sides"}
+    )
     assert r.status == 200 and "Created task #" in r.text and "Polish the perch" in r.text
     assert worker.user.username in r.text
     task_id = await env.scalar("SELECT id FROM core.tasks")
@@ -386,10 +439,15 @@ async def test_pages_bad_form_is_reshown_with_the_error(env):
 @pytest.mark.gen_test
 async def test_pages_worker_gets_403_on_create_and_shuffle(env):
     worker = await env.browser("worker")
-    for method, path in (("GET", "/tasks/new"), ("POST", "/tasks"), ("POST", "/tasks/shuffle"),
-                         ("GET", "/tasks")):
-        r = await worker.request(method, worker.url("tracker", path),
-                                 form={"title": "x"} if method == "POST" else None)
+    for method, path in (
+        ("GET", "/tasks/new"),
+        ("POST", "/tasks"),
+        ("POST", "/tasks/shuffle"),
+        ("GET", "/tasks"),
+    ):
+        r = await worker.request(
+            method, worker.url("tracker", path), form={"title": "x"} if method == "POST" else None
+        )
         assert r.status == 403, (method, path)
         assert "Not allowed" in r.text and "Traceback" not in r.text
 

@@ -17,8 +17,13 @@ from popug.common.web import (
 
 
 def user_json(u):
-    return {"id": u.id, "username": u.username, "role": u.role, "email": u.email,
-            "active": u.active if "active" in u else True}
+    return {
+        "id": u.id,
+        "username": u.username,
+        "role": u.role,
+        "email": u.email,
+        "active": u.active if "active" in u else True,
+    }
 
 
 class AuthPage(PageHandler):
@@ -80,7 +85,10 @@ class LoginHandler(AuthPage):
         try:
             parts = self.check_next(next_url)
             user = await queries.authenticate(
-                self.db, username, self.get_argument("password", ""), self.request.remote_ip,
+                self.db,
+                username,
+                self.get_argument("password", ""),
+                self.request.remote_ip,
                 self.config.auth,
             )
         except UserError as e:
@@ -88,10 +96,15 @@ class LoginHandler(AuthPage):
             self.render("login.html", error=e.message, next_url=next_url, username=username[:64])
             return
         ttl = int(self.config.auth.session_hours * 3600)
-        token = await sessions.create_session(self.db, user.id, "login", ttl,
-                                              host=self.config.hosts["auth"])
+        token = await sessions.create_session(
+            self.db, user.id, "login", ttl, host=self.config.hosts["auth"]
+        )
         self.set_signed_cookie(
-            sessions.SESSION_COOKIE, token, expires_days=None, httponly=True, samesite="Lax",
+            sessions.SESSION_COOKIE,
+            token,
+            expires_days=None,
+            httponly=True,
+            samesite="Lax",
             secure=self.request.protocol == "https",
         )
         self.current_user = await sessions.load_session_user(self.db, token)
@@ -121,8 +134,11 @@ class UsersHandler(AuthPage):
     async def show(self, error=None, form=None, status=200):
         self.set_status(status)
         self.render(
-            "users.html", users=await queries.list_users(self.db),
-            roles=await queries.list_roles(self.db), error=error, form=form or {},
+            "users.html",
+            users=await queries.list_users(self.db),
+            roles=await queries.list_roles(self.db),
+            error=error,
+            form=form or {},
         )
 
     @auth_required
@@ -131,8 +147,12 @@ class UsersHandler(AuthPage):
         form = {k: self.get_argument(k, "") for k in ("username", "role", "email")}
         try:
             user = await queries.create_user(
-                self.db, form["username"], self.get_argument("password", ""), form["role"],
-                form["email"], self.config.auth.bcrypt_cost,
+                self.db,
+                form["username"],
+                self.get_argument("password", ""),
+                form["role"],
+                form["email"],
+                self.config.auth.bcrypt_cost,
             )
         except UserError as e:
             await self.show(error=e.message, form=form, status=e.status)
@@ -176,21 +196,33 @@ class TokensApiHandler(ApiHandler):
     async def post(self):
         body = self.json_body()
         user = await queries.authenticate(
-            self.db, body.get("username"), body.get("password"), self.request.remote_ip,
+            self.db,
+            body.get("username"),
+            body.get("password"),
+            self.request.remote_ip,
             self.config.auth,
         )
         ttl = int(self.config.auth.token_days * 86400)
         token = await sessions.create_session(self.db, user.id, "api", ttl)
-        self.write_json({"token": token, "token_type": "Bearer", "expires_in": ttl,
-                         "user": user_json(user)}, status=201)
+        self.write_json(
+            {"token": token, "token_type": "Bearer", "expires_in": ttl, "user": user_json(user)},
+            status=201,
+        )
 
 
 class MeApiHandler(ApiHandler):
     @api_auth_required
     async def get(self):
         u = self.current_user
-        self.write_json({"id": u.id, "username": u.username, "role": u.role, "email": u.email,
-                         "permissions": u.permissions})
+        self.write_json(
+            {
+                "id": u.id,
+                "username": u.username,
+                "role": u.role,
+                "email": u.email,
+                "permissions": u.permissions,
+            }
+        )
 
 
 class UsersApiHandler(ApiHandler):
@@ -204,8 +236,12 @@ class UsersApiHandler(ApiHandler):
     async def post(self):
         body = self.json_body()
         user = await queries.create_user(
-            self.db, body.get("username"), body.get("password"), body.get("role"),
-            body.get("email"), self.config.auth.bcrypt_cost,
+            self.db,
+            body.get("username"),
+            body.get("password"),
+            body.get("role"),
+            body.get("email"),
+            self.config.auth.bcrypt_cost,
         )
         self.write_json(user_json(user), status=201)
 

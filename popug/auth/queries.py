@@ -192,9 +192,7 @@ async def check_login_throttle(db, username, address, config):
     )
     minutes = max(1, config.throttle_window_s // 60)
     if row.by_user >= config.throttle_per_user or row.by_address >= config.throttle_per_address:
-        raise UserError(
-            429, f"Too many failed logins. Wait {minutes} minutes and try again."
-        )
+        raise UserError(429, f"Too many failed logins. Wait {minutes} minutes and try again.")
 
 
 async def authenticate(db, username, password, address, config):
@@ -211,9 +209,9 @@ async def authenticate(db, username, password, address, config):
         " WHERE lower(username) = lower(%s)",
         username,
     )
-    ok = await check_password(password, user.password_hash if user else dummy_hash(
-        config.bcrypt_cost
-    ))
+    ok = await check_password(
+        password, user.password_hash if user else dummy_hash(config.bcrypt_cost)
+    )
     if user is None or not ok or not user.active:
         await db.run(
             "INSERT INTO core.login_failures (username, address) VALUES (%s, %s)",
@@ -245,7 +243,8 @@ def ensure_initial_admin(dsn, cost, data_dir):
                 return None
             password = secrets.token_urlsafe(12)
             cur.execute(
-                "INSERT INTO core.users (username, password_hash, role) VALUES ('admin', %s, 'admin')",
+                "INSERT INTO core.users (username, password_hash, role)"
+                " VALUES ('admin', %s, 'admin')",
                 (_hash_sync(password, cost),),
             )
             path = os.path.join(data_dir, "initial-admin-password")

@@ -77,9 +77,10 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
         app.add_handlers(re.escape(host) + "$", routes)
     for name, host in config.hosts.items():
         if name not in services and host not in {config.hosts[s] for s in services}:
-            absent = [(r"/healthz", web.HealthHandler),
-                      (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
-                      (r"/.*", web.ServiceAbsentHandler,
-                       {"name": name, "built": name in BUILT_SERVICES})]
+            absent = [
+                (r"/healthz", web.HealthHandler),
+                (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+                (r"/.*", web.ServiceAbsentHandler, {"name": name, "built": name in BUILT_SERVICES}),
+            ]
             app.add_handlers(re.escape(host) + "$", absent)
     return app

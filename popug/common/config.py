@@ -31,8 +31,12 @@ def _positive(v):
 SCHEMA = {
     "domain": (str, "uberpopug.localhost", None, "a domain name such as uberpopug.com"),
     "data_dir": (str, "var", None, "a folder for the embedded database, secrets and mail"),
-    "log_level": (str, "INFO", lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"),
-                  "one of DEBUG, INFO, WARNING, ERROR"),
+    "log_level": (
+        str,
+        "INFO",
+        lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"),
+        "one of DEBUG, INFO, WARNING, ERROR",
+    ),
     "hosts": {
         name: ((str, type(None)), None, None, "a host name, or null to derive it from domain")
         for name in SERVICES
@@ -111,13 +115,13 @@ def _check(schema, values, prefix):
         if value is Required:
             raise ConfigError(f"{name}: missing value, expected {expected}")
         # bool is an int in Python; a port of `true` is still wrong.
-        bad_bool = isinstance(value, bool) and typ is not bool and bool not in (
-            typ if isinstance(typ, tuple) else (typ,)
+        bad_bool = (
+            isinstance(value, bool)
+            and typ is not bool
+            and bool not in (typ if isinstance(typ, tuple) else (typ,))
         )
         if not isinstance(value, typ) or bad_bool:
-            raise ConfigError(
-                f"{name}: expected {expected} ({_type_name(typ)}), got {value!r}"
-            )
+            raise ConfigError(f"{name}: expected {expected} ({_type_name(typ)}), got {value!r}")
         if check and not check(value):
             raise ConfigError(f"{name}: expected {expected}, got {value!r}")
         out[key] = value

@@ -30,7 +30,7 @@ class Row(dict):
 
 def _rows(cur, rows):
     names = [d[0] for d in cur.description]
-    return [Row(zip(names, r)) for r in rows]
+    return [Row(zip(names, r, strict=True)) for r in rows]
 
 
 class Database:

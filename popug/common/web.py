@@ -134,8 +134,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if not self.can(permission):
             raise UserError(
                 403,
-                f"Your role ({self.current_user.role}) does not allow this "
-                f"(needs {permission}).",
+                f"Your role ({self.current_user.role}) does not allow this (needs {permission}).",
             )
 
     def host_url(self, service):
@@ -200,7 +199,9 @@ class BaseHandler(tornado.web.RequestHandler):
             self.finish(to_json({"error": message}))
             return
         self.render(
-            "common/templates/error.html", status=status, title=STATUS_TEXT.get(status, "Error"),
+            "common/templates/error.html",
+            status=status,
+            title=STATUS_TEXT.get(status, "Error"),
             message=message,
         )
 
@@ -232,7 +233,7 @@ class ApiHandler(BaseHandler):
         except ValueError:
             raise UserError(400, "The request body is not valid JSON") from None
         if not isinstance(data, dict):
-            raise UserError(400, "The request body must be a JSON object, like {\"title\": ...}")
+            raise UserError(400, 'The request body must be a JSON object, like {"title": ...}')
         return data
 
     def write_error(self, status_code, **kwargs):

@@ -15,6 +15,9 @@ def routes(config):
         url(r"/api/v1/tasks", h.TasksApiHandler, name="tracker.api.tasks"),
         url(r"/api/v1/tasks/shuffle", h.TaskShuffleApiHandler, name="tracker.api.shuffle"),
         url(r"/api/v1/tasks/([^/]+)", h.TaskApiHandler, name="tracker.api.task"),
-        url(r"/api/v1/tasks/([^/]+)/complete", h.TaskCompleteApiHandler,
-            name="tracker.api.task_complete"),
+        url(
+            r"/api/v1/tasks/([^/]+)/complete",
+            h.TaskCompleteApiHandler,
+            name="tracker.api.task_complete",
+        ),
     ]

@@ -49,8 +49,9 @@ class HomeHandler(TrackerPage):
 
     @auth_required
     async def get(self):
-        tasks = await q.list_tasks(self.db, assignee_id=self.current_user.id, status="open",
-                                   limit=500)
+        tasks = await q.list_tasks(
+            self.db, assignee_id=self.current_user.id, status="open", limit=500
+        )
         self.render("home.html", tasks=tasks)
 
 
@@ -66,8 +67,12 @@ class TasksHandler(TrackerPage):
         before_id = parse_id(before, "before") if before else None
         tasks = await q.list_tasks(self.db, assignee_id, status, PAGE_SIZE + 1, before_id)
         self.render(
-            "tasks.html", tasks=tasks[:PAGE_SIZE], more=len(tasks) > PAGE_SIZE,
-            people=await q.list_people(self.db), status=status or "", assignee_id=assignee_id,
+            "tasks.html",
+            tasks=tasks[:PAGE_SIZE],
+            more=len(tasks) > PAGE_SIZE,
+            people=await q.list_people(self.db),
+            status=status or "",
+            assignee_id=assignee_id,
         )
 
     @auth_required
@@ -133,8 +138,9 @@ class TasksApiHandler(ApiHandler):
     @api_auth_required
     async def get(self):
         status, assignee_id = parse_filters(
-            self, self.get_argument("status", ""), self.get_argument("assignee", None)
-            or ("" if self.can("can_view_all_tasks") else "me"),
+            self,
+            self.get_argument("status", ""),
+            self.get_argument("assignee", None) or ("" if self.can("can_view_all_tasks") else "me"),
         )
         limit = self.get_argument("limit", "100")
         limit = parse_id(limit, "limit")
