@@ -478,3 +478,20 @@ async def test_pages_redirect_to_login_and_back(env):
     # A form posted without a session: back to login, no 500.
     r = await b.post("tracker", "/tasks", form={"title": "x"}, follow=False)
     assert r.status == 302 and "/login?next=" in r.location
+
+
+@pytest.mark.gen_test
+async def test_a_listed_task_is_the_same_object_as_the_created_and_completed_one(env):
+    manager = await env.api("manager")
+    worker = await env.api("worker")
+    created = (
+        await manager.post(
+            "tracker", "/api/v1/tasks", json={"title": "Same 🦜", "description": "a\tb\\n"}
+        )
+    ).json()
+    listed = (await worker.get("tracker", "/api/v1/tasks?assignee=me")).json()["tasks"]
+    assert listed == [created]
+    assert (await worker.get("tracker", f"/api/v1/tasks/{created['id']}")).json() == created
+    done = (await worker.post("tracker", f"/api/v1/tasks/{created['id']}/complete")).json()
+    listed = (await worker.get("tracker", "/api/v1/tasks?status=done")).json()["tasks"]
+    assert listed == [done] and done["completed_at"]

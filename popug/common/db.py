@@ -8,6 +8,7 @@ rolls back on any exception.
 import contextlib
 import logging
 import re
+import weakref
 
 import aiopg
 import psycopg2
@@ -33,11 +34,46 @@ def _rows(cur, rows):
     return [Row(zip(names, r, strict=True)) for r in rows]
 
 
+class Prepared:
+    """A statement run often enough that parsing and planning it each time shows.
+
+    Each pooled connection PREPAREs it on first use (server-side), then runs
+    EXECUTE name(...). Written with %s parameters like any other statement.
+    Only for single statements outside an explicit transaction.
+    """
+
+    def __init__(self, name, sql):
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise ValueError(f"bad prepared statement name {name!r}")
+        self.name = name
+        self.sql = sql
+        n = sql.count("%s")
+        parts = sql.split("%s")
+        self.prepare_sql = f"PREPARE {name} AS " + "".join(
+            part + (f"${i + 1}" if i < n else "") for i, part in enumerate(parts)
+        )
+        self.execute_sql = f"EXECUTE {name}({', '.join(['%s'] * n)})" if n else f"EXECUTE {name}"
+
+
 class Database:
     """The master database: one aiopg pool."""
 
     def __init__(self, pool):
         self.pool = pool
+        # aiopg connection -> names it has prepared
+        self._prepared = weakref.WeakKeyDictionary()
+
+    async def _execute(self, cur, sql, params):
+        if isinstance(sql, Prepared):
+            done = self._prepared.setdefault(cur.connection, set())
+            if sql.name not in done:
+                try:
+                    await cur.execute(sql.prepare_sql)
+                except psycopg2.errors.DuplicatePreparedStatement:
+                    pass
+                done.add(sql.name)
+            sql = sql.execute_sql
+        await cur.execute(sql, params)
 
     @classmethod
     async def connect(cls, dsn, minsize=1, maxsize=10, timeout=30):
@@ -68,19 +104,19 @@ class Database:
     async def run(self, sql, *params, cur=None):
         """Execute a statement; returns the number of rows it touched."""
         if cur is not None:
-            await cur.execute(sql, params)
+            await self._execute(cur, sql, params)
             return cur.rowcount
         async with self.cursor() as c:
-            await c.execute(sql, params)
+            await self._execute(c, sql, params)
             return c.rowcount
 
     async def fetch_all(self, sql, *params, cur=None):
         """All rows of a query, as a list of Row."""
         if cur is not None:
-            await cur.execute(sql, params)
+            await self._execute(cur, sql, params)
             return _rows(cur, await cur.fetchall())
         async with self.cursor() as c:
-            await c.execute(sql, params)
+            await self._execute(c, sql, params)
             return _rows(c, await c.fetchall())
 
     async def fetch_one(self, sql, *params, cur=None, missing="Not found"):
@@ -89,7 +125,7 @@ class Database:
         if not rows:
             raise NotFound(missing)
         if len(rows) > 1:
-            raise RuntimeError(f"expected one row, got {len(rows)}: {sql[:80]}")
+            raise RuntimeError(f"expected one row, got {len(rows)}: {str(sql)[:80]}")
         return rows[0]
 
     async def fetch_optional(self, sql, *params, cur=None):

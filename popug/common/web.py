@@ -221,6 +221,11 @@ class ApiHandler(BaseHandler):
         self.set_status(status)
         self.finish(to_json(obj))
 
+    def write_raw_json(self, text, status=200):
+        """Send JSON text that is already encoded (built by the database)."""
+        self.set_status(status)
+        self.finish(text)
+
     def json_body(self):
         """The request body as a JSON object (dict); 400 when it is anything else."""
         body = self.request.body

@@ -148,8 +148,8 @@ class TasksApiHandler(ApiHandler):
             raise UserError(400, "limit is at most 1000")
         before = self.get_argument("before", "")
         before_id = parse_id(before, "before") if before else None
-        tasks = await q.list_tasks(self.db, assignee_id, status, limit, before_id)
-        self.write_json({"tasks": [q.task_json(t) for t in tasks]})
+        tasks = await q.list_tasks_json(self.db, assignee_id, status, limit, before_id)
+        self.write_raw_json('{"tasks": ' + tasks + "}")
 
     @api_auth_required
     @has_perm("can_add_task")
