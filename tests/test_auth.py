@@ -124,6 +124,16 @@ async def test_logout_on_tracker_ends_the_session_everywhere(env):
     token = await env.token_for(u.username)
     r = await b.post("tracker", "/logout")
     assert r.url.startswith(b.url("auth", "/login")) and "You are logged out" in r.text
+    assert "to continue to <strong>tasktracker.uberpopug.localhost</strong>" in r.text
+    old_cookies = {h: dict(j) for h, j in b.cookies.items()}
+    # Logging in again from there returns to the tracker.
+    next_url = urllib.parse.parse_qs(urllib.parse.urlsplit(r.url).query)["next"][0]
+    again = Browser(env)
+    r = await again.post(
+        "auth", "/login", form={"username": u.username, "password": env.PASSWORD, "next": next_url}
+    )
+    assert r.status == 200 and r.url == b.url("tracker", "/")
+    b.cookies = old_cookies
     # Old cookies replayed by hand: still logged out on both hosts.
     old = Browser(env)
     old.cookies = {h: dict(j) for h, j in b.cookies.items()}

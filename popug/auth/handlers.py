@@ -112,6 +112,8 @@ class LoginHandler(AuthPage):
 
     def render(self, template_name, **kwargs):
         kwargs.setdefault("message", None)
+        next_url = kwargs.get("next_url") or ""
+        kwargs["next_host"] = urllib.parse.urlsplit(next_url).hostname if next_url else None
         return super().render(template_name, **kwargs)
 
 

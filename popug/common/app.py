@@ -12,13 +12,10 @@ import re
 
 import tornado.web
 
-from popug import PACKAGE_DIR
+from popug import BUILT_SERVICES, PACKAGE_DIR
 from popug.common import web
 
 STATIC_DIR = PACKAGE_DIR / "common" / "static"
-
-# Services whose handler groups exist. The others are announced, not built.
-BUILT_SERVICES = ("landing", "auth", "tracker")
 
 
 class ServiceNotBuilt(Exception):

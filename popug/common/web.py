@@ -16,6 +16,7 @@ import urllib.parse
 import tornado.web
 from tornado.escape import url_escape
 
+from popug import BUILT_SERVICES
 from popug.common import sessions
 from popug.common.errors import UserError
 
@@ -156,6 +157,7 @@ class BaseHandler(tornado.web.RequestHandler):
             can=self.can,
             service_url=self.service_url,
             service=self.service,
+            built=BUILT_SERVICES,
             user=self.current_user,
             flash=self.pop_flash(),
             money=lambda d: f"{d:,.2f}",
@@ -334,7 +336,16 @@ class LogoutHandler(PageHandler):
         if user is not None:
             await sessions.revoke_session_family(self.db, user.root_session_id)
         self.clear_cookie(sessions.SESSION_COOKIE)
-        self.redirect(self.service_url("auth", "/login?logged_out=1"))
+        # Logging in again from that page brings the popug back where they were.
+        back = url_escape(self.host_url(self.service_of_host()) + "/")
+        self.redirect(self.service_url("auth", f"/login?logged_out=1&next={back}"))
+
+    def service_of_host(self):
+        host = self.request.host_name
+        for name, h in self.config.hosts.items():
+            if h == host:
+                return name
+        return "landing"
 
 
 class HealthHandler(BaseHandler):
