@@ -93,8 +93,7 @@ def prepare_database(config):
     from popug.common.db import apply_migrations
 
     dsn = database_dsn(config)
-    for name in apply_migrations(dsn):
-        log.info("migration applied: %s", name)
+    apply_migrations(dsn)
     password = ensure_initial_admin(dsn, config.auth.bcrypt_cost, config.data_dir)
     if password:
         path = os.path.join(config.data_dir, "initial-admin-password")
@@ -130,8 +129,16 @@ def cmd_serve(args, config):
             dsn, config.database.pool_min, config.database.pool_max, config.database.timeout_s
         )
         app = make_app(config, db, services, cookie_secret=secret)
-        server = tornado.httpserver.HTTPServer(app, xheaders=config.server.xheaders)
-        server.listen(config.server.port, address=config.server.address)
+        # 1 MB is far above any form or JSON body here; bigger ones are refused
+        # before anyone parses them.
+        server = tornado.httpserver.HTTPServer(
+            app, xheaders=config.server.xheaders, max_body_size=1024 * 1024
+        )
+        try:
+            server.listen(config.server.port, address=config.server.address)
+        except OSError:
+            await db.close()
+            raise
         return db, server
 
     loop = tornado.ioloop.IOLoop.current()
@@ -147,15 +154,27 @@ def cmd_serve(args, config):
     shown = BUILT_SERVICES if services == "all" else services
     for name in shown:
         log.info("%-10s http://%s:%s/", name, config.hosts[name], port)
-    print(
-        f"UberPopug is running: open http://{config.hosts['landing']}:{port}/ (Ctrl-C to stop)",
-        flush=True,
-    )
+    if services == "all":
+        print(
+            f"UberPopug is running: open http://{config.hosts['landing']}:{port}/ (Ctrl-C to stop)",
+            flush=True,
+        )
+    else:
+        print(
+            f"UberPopug {args.service} is running on {config.server.address}:{port}, serving "
+            f"{config.hosts[args.service]} only; the other services (auth, for logins) run in "
+            "their own processes behind your proxy. (Ctrl-C to stop)",
+            flush=True,
+        )
 
     stopping = []
 
     async def shutdown():
-        server.stop()
+        from popug.common.web import IN_FLIGHT, wait_for_requests
+
+        server.stop()  # no new connections
+        if not await wait_for_requests(10):
+            log.warning("%d requests still running after 10 s; closing anyway", len(IN_FLIGHT))
         try:
             await asyncio.wait_for(server.close_all_connections(), timeout=10)
         except TimeoutError:

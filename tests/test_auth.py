@@ -132,7 +132,7 @@ async def test_logout_on_tracker_ends_the_session_everywhere(env):
     r = await again.post(
         "auth", "/login", form={"username": u.username, "password": env.PASSWORD, "next": next_url}
     )
-    assert r.status == 200 and r.url == b.url("tracker", "/")
+    assert r.status == 200 and r.url == b.url("tracker", "/tasks")  # a manager's start page
     b.cookies = old_cookies
     # Old cookies replayed by hand: still logged out on both hosts.
     old = Browser(env)
@@ -295,7 +295,7 @@ async def test_user_admin_is_for_admins_only(env):
                 "email": "a@b.c",
             },
         )
-        assert r.status == 403 and "can_manage_users" in r.json()["error"]
+        assert r.status == 403 and "not allowed to manage users" in r.json()["error"]
         r = await api.patch("auth", f"/api/v1/users/{api.user.id}", json={"role": "admin"})
         assert r.status == 403
         b = Browser(env)
@@ -423,3 +423,141 @@ def test_initial_admin_is_created_once_with_a_private_password_file(config, tmp_
     assert path.read_text().strip() == password
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert ensure_initial_admin(config.database.dsn, 4, str(data)) is None
+
+
+# --- regressions from hostile testing ------------------------------------------------
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "evil",
+    [
+        # urlsplit reads the host after "@"; a browser reads "\" as "/" and goes to evil.com.
+        "http://evil.com\\@tasktracker.uberpopug.localhost:{port}/",
+        "http://user@tasktracker.uberpopug.localhost:{port}/",
+        "http://tasktracker.uberpopug.localhost:1/",
+        "http://tasktracker.uberpopug.localhost:99999/",
+        "http://tasktracker.uberpopug.localhost/",
+        "https://tasktracker.uberpopug.localhost:{port}/",
+        "http://tasktracker.uberpopug.localhost:{port}/%0D%0AX: y".replace("%0D%0A", "\r\n"),
+        "http://auth.uberpopug.localhost:{port}/\x0b//evil.com",
+    ],
+)
+async def test_no_sso_code_for_a_crafted_return_address(env, evil):
+    u = await env.user("worker")
+    b = Browser(env)
+    await b.login(u.username, env.PASSWORD)
+    evil = evil.format(port=env.port)
+    r = await b.get("auth", "/login?next=" + urllib.parse.quote(evil), follow=False)
+    assert r.status == 400, (evil, r.location)
+    assert "not one of UberPopug" in r.text
+    assert await env.scalar("SELECT count(*) FROM core.sso_codes WHERE used_at IS NULL") == 0
+
+
+@pytest.mark.gen_test
+async def test_callback_next_with_control_characters_stays_home(env):
+    u = await env.user("worker")
+    b = Browser(env)
+    await b.login(u.username, env.PASSWORD)
+    for evil in ("/ok\r\nX: y", "/ok\x0b", "/\x0b//evil.com"):
+        r = await b.get(
+            "auth", "/login?next=" + urllib.parse.quote(b.url("tracker", "/")), follow=False
+        )
+        code = urllib.parse.parse_qs(urllib.parse.urlsplit(r.location).query)["code"][0]
+        r = await b.get(
+            "tracker",
+            "/sso/callback?code=" + code + "&next=" + urllib.parse.quote(evil),
+            follow=False,
+        )
+        loc = r.location
+        assert r.status == 302 and loc.startswith("/") and not loc.startswith("//"), evil
+        assert all(ord(c) >= 0x20 for c in loc) and "evil" not in loc, evil
+
+
+@pytest.mark.gen_test
+async def test_a_session_works_only_on_its_own_host_and_only_as_a_cookie(env):
+    u = await env.user("admin")
+    b = Browser(env)
+    await b.login(u.username, env.PASSWORD)
+    tracker_cookie = b.cookies[env.config.hosts["tracker"]]["popug_session"]
+    # The tracker's cookie replayed on auth: not logged in there.
+    thief = Browser(env)
+    thief.cookies[env.config.hosts["auth"]] = {"popug_session": tracker_cookie}
+    r = await thief.get("auth", "/api/v1/me")
+    assert r.status == 401
+    r = await thief.post(
+        "auth",
+        "/api/v1/users",
+        json={
+            "username": "backdoor",
+            "password": "password123",
+            "role": "admin",
+            "email": "b@d.oor",
+        },
+    )
+    assert r.status == 401
+    assert await env.scalar("SELECT count(*) FROM core.users WHERE username = 'backdoor'") == 0
+    # On its own host the cookie works.
+    r = await b.get("tracker", "/api/v1/tasks")
+    assert r.status == 200
+
+
+@pytest.mark.gen_test
+async def test_parallel_guesses_cannot_outrun_the_throttle(env):
+    u = await env.user("worker")
+    api = Api(env)
+    guesses = [{"username": u.username, "password": f"guess-{i}"} for i in range(24)]
+    guesses.append({"username": u.username, "password": env.PASSWORD})
+    results = await asyncio.gather(*[api.post("auth", "/api/v1/tokens", json=g) for g in guesses])
+    statuses = [r.status for r in results]
+    evaluated = [s for s in statuses if s != 429]
+    assert len(evaluated) <= env.config.auth.throttle_per_user, statuses
+    limited = [r for r in results if r.status == 429]
+    assert limited and all(int(r.headers["Retry-After"]) > 0 for r in limited)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"username": "\\ud800", "password": "x"}',
+        b'{"username": "admin", "password": "\\ud800"}',
+        b"[" * 100000 + b"]" * 100000,
+    ],
+)
+async def test_hostile_token_requests_are_4xx_not_500(env, body):
+    r = await Api(env).call(
+        "POST", "auth", "/api/v1/tokens", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert 400 <= r.status < 500, r
+    assert "error" in r.json()
+
+
+@pytest.mark.gen_test
+async def test_user_fields_with_lone_surrogates_are_400(env):
+    admin = await env.api("admin")
+    for field in ("password", "email", "username"):
+        body = {"username": "ok", "password": "password123", "role": "worker", "email": "a@b.c"}
+        raw = jsonlib_dumps_with(body, field, "\\ud800")
+        r = await admin.call(
+            "POST", "auth", "/api/v1/users", body=raw, headers={"Content-Type": "application/json"}
+        )
+        assert r.status == 400, (field, r)
+
+
+def jsonlib_dumps_with(body, field, raw_value):
+    import json
+
+    body = dict(body, **{field: "@@@"})
+    return json.dumps(body).replace('"@@@"', f'"{raw_value}"').encode()
+
+
+@pytest.mark.gen_test
+async def test_users_form_active_must_be_true_or_false(env):
+    b = await env.browser("admin")
+    victim = await env.user("worker")
+    r = await b.post("auth", f"/users/{victim.id}", form={"active": "maybe"})
+    assert r.status == 400 and "active must be true or false" in r.text
+    assert await env.scalar("SELECT active FROM core.users WHERE id = %s", victim.id) is True
+    r = await b.post("auth", "/users/" + "9" * 5000, form={"active": "false"})
+    assert r.status == 400 and "out of range" in r.text

@@ -118,10 +118,19 @@ def chrome(tmp_path):
     driver.quit()
 
 
+def wait_url(driver, prefix, timeout=10):
+    """Wait for a navigation started by a click: click() returns before it lands."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: d.current_url.startswith(prefix))
+    return driver.current_url
+
+
 def test_manager_logs_in_once_creates_shuffles_and_logs_out_everywhere(
     live_system, chrome, db_dsn, tmp_path
 ):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     port = live_system
     add_user(db_dsn, "mango", "manager", "mango-password")
@@ -132,13 +141,13 @@ def test_manager_logs_in_once_creates_shuffles_and_logs_out_everywhere(
     # The landing page links to the tracker; the tracker sends us to auth's login.
     chrome.get(f"http://uberpopug.localhost:{port}/")
     chrome.find_element(By.ID, "link-tracker").click()
-    assert chrome.current_url.startswith(f"{auth}/login?next=")
+    wait_url(chrome, f"{auth}/login?next=")
     chrome.find_element(By.ID, "username").send_keys("mango")
     chrome.find_element(By.ID, "password").send_keys("mango-password")
     chrome.find_element(By.ID, "login-submit").click()
 
-    # Back on the tracker, logged in, without a second login.
-    assert chrome.current_url == f"{tracker}/"
+    # Back on the tracker (a manager starts on all tasks), without a second login.
+    assert wait_url(chrome, f"{tracker}/") == f"{tracker}/tasks"
     assert "mango" in chrome.find_element(By.CSS_SELECTOR, "[data-testid=current-user]").text
 
     chrome.find_element(By.ID, "nav-new").click()
@@ -153,6 +162,7 @@ def test_manager_logs_in_once_creates_shuffles_and_logs_out_everywhere(
     # Shuffle (confirm dialog accepted), then the flash reports it.
     chrome.find_element(By.ID, "shuffle").click()
     chrome.switch_to.alert.accept()
+    WebDriverWait(chrome, 10).until(lambda d: "Shuffled" in d.page_source)
     assert (
         "Shuffled: 1 open task reassigned." in chrome.find_element(By.CSS_SELECTOR, ".flash").text
     )
@@ -165,7 +175,7 @@ def test_manager_logs_in_once_creates_shuffles_and_logs_out_everywhere(
     # Log out from the tracker: logged out of auth and of the tracker.
     chrome.get(f"{tracker}/")
     chrome.find_element(By.ID, "logout").click()
-    assert chrome.current_url.startswith(f"{auth}/login")
+    wait_url(chrome, f"{auth}/login")
     assert "You are logged out" in chrome.page_source
     chrome.get(f"{tracker}/tasks")
     assert chrome.current_url.startswith(f"{auth}/login?next=")
@@ -192,7 +202,7 @@ def test_worker_sees_only_own_tasks_and_completes_one(live_system, chrome, db_ds
     chrome.find_element(By.ID, "username").send_keys("kiwi")
     chrome.find_element(By.ID, "password").send_keys("kiwi-password")
     chrome.find_element(By.ID, "login-submit").click()
-    assert chrome.current_url == f"{tracker}/"
+    assert wait_url(chrome, f"{tracker}/") == f"{tracker}/"
     assert "Preen feathers" in chrome.find_element(By.ID, "my-tasks").text
     assert not chrome.find_elements(By.ID, "nav-new")
     assert not chrome.find_elements(By.ID, "shuffle")

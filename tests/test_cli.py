@@ -268,3 +268,79 @@ def test_serve_on_a_dsn_stops_cleanly_on_signals(db_dsn, tmp_path, sig):
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == 0
     assert "stopped" in log.read_text()
+
+
+def test_two_processes_starting_at_once_on_an_empty_folder_share_one_server(tmp_path):
+    data = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
+    env["POPUG_AUTH__BCRYPT_COST"] = "4"
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = []
+    for port, log in zip(ports, logs, strict=True):
+        with open(log, "w") as out:
+            procs.append(
+                subprocess.Popen(
+                    POPUG + ["--data-dir", str(data), "--port", str(port)],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        for port, proc, log in zip(ports, procs, logs, strict=True):
+            wait_healthy(port, proc, log)
+        text = logs[0].read_text() + logs[1].read_text()
+        assert text.count("created user 'admin'") == 1
+        assert "Traceback" not in text
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=30) for p in procs]
+    assert codes == [0, 0]
+
+
+def test_sigterm_lets_a_request_in_flight_finish(db_dsn, tmp_path):
+    """A login with a slow bcrypt is running when SIGTERM arrives: it still gets its 201."""
+    import threading
+
+    import bcrypt
+
+    slow = bcrypt.hashpw(b"slow-password", bcrypt.gensalt(14)).decode()  # ~1 s to check
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO core.users (username, password_hash, role)"
+            " VALUES ('slowpoke', %s, 'worker')",
+            (slow,),
+        )
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
+    env.update(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            POPUG + ["--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    wait_healthy(port, proc, log)
+    result = {}
+
+    def login():
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/tokens",
+            method="POST",
+            data=json.dumps({"username": "slowpoke", "password": "slow-password"}).encode(),
+            headers={"Host": "auth.uberpopug.localhost", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                result["status"] = resp.status
+        except Exception as e:  # noqa: BLE001 - the test reports whatever happened
+            result["error"] = repr(e)
+
+    t = threading.Thread(target=login)
+    t.start()
+    time.sleep(0.3)  # the request is inside bcrypt now
+    proc.send_signal(signal.SIGTERM)
+    t.join(timeout=30)
+    assert proc.wait(timeout=30) == 0
+    assert result == {"status": 201}, log.read_text()

@@ -10,6 +10,7 @@ from popug.common.web import (
     PageHandler,
     api_auth_required,
     auth_required,
+    has_control_chars,
     has_perm,
     parse_id,
     safe_local_path,
@@ -30,36 +31,63 @@ class AuthPage(PageHandler):
     service = "auth"
 
     def check_next(self, next_url):
-        """None for no return address; the parsed URL when it is one of our hosts; else 400."""
+        """The return address as (service, local path), None when absent; 400 unless it is ours.
+
+        No open redirect, and no SSO code for anyone else: the address must be
+        one of the configured hosts, with this request's scheme and port, no
+        userinfo and no backslash (browsers read "\\" as "/", Python does not).
+        The redirect is then rebuilt from the configured host, never echoed.
+        """
         if not next_url:
             return None
-        if "\x00" in next_url or len(next_url) > 2000:
-            raise UserError(400, "The return address is not valid.")
-        parts = urllib.parse.urlsplit(next_url)
+        refuse = UserError(
+            400,
+            f"Refusing to send you to {next_url[:200]!r}: it is not one of UberPopug's services.",
+        )
+        if len(next_url) > 2000 or "\\" in next_url or has_control_chars(next_url):
+            raise refuse
+        try:
+            parts = urllib.parse.urlsplit(next_url)
+            port = parts.port
+        except ValueError:
+            raise refuse from None
         host = (parts.hostname or "").lower()
-        if parts.scheme not in ("http", "https") or host not in self.config.hosts.values():
-            # No open redirect: only our own configured hosts get codes.
-            raise UserError(
-                400,
-                f"Refusing to send you to {next_url[:200]!r}: it is not one of UberPopug's "
-                "services.",
-            )
-        return parts
+        services = {h: name for name, h in self.config.hosts.items()}
+        if (
+            parts.scheme != self.request.protocol
+            or "@" in parts.netloc
+            or host not in services
+            or (port or DEFAULT_PORTS[parts.scheme]) != self.request_port()
+        ):
+            raise refuse
+        path = parts.path or "/"
+        if not path.startswith("/") or path.startswith("//"):
+            raise refuse
+        return services[host], path + ("?" + parts.query if parts.query else "")
 
-    async def redirect_after_login(self, next_parts):
-        if next_parts is None:
+    def request_port(self):
+        _, _, port = self.request.host.rpartition(":")
+        if ":" in self.request.host and port.isdigit():
+            return int(port)
+        return DEFAULT_PORTS[self.request.protocol]
+
+    async def redirect_after_login(self, target):
+        if target is None:
             self.redirect("/")
             return
-        host = next_parts.hostname.lower()
-        path = urllib.parse.urlunsplit(("", "", next_parts.path or "/", next_parts.query, ""))
-        if host == self.config.hosts["auth"]:
+        service, path = target
+        if service == "auth":
             self.redirect(safe_local_path(path))
             return
+        host = self.config.hosts[service]
         code = await sessions.issue_sso_code(
             self.db, self.current_user.session_id, host, self.config.auth.code_ttl_s
         )
         query = urllib.parse.urlencode({"code": code, "next": path})
-        self.redirect(f"{next_parts.scheme}://{next_parts.netloc}/sso/callback?{query}")
+        self.redirect(self.service_url(service, "/sso/callback?" + query))
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class LoginHandler(AuthPage):
@@ -107,7 +135,9 @@ class LoginHandler(AuthPage):
             samesite="Lax",
             secure=self.request.protocol == "https",
         )
-        self.current_user = await sessions.load_session_user(self.db, token)
+        self.current_user = await sessions.load_session_user(
+            self.db, token, self.config.hosts["auth"]
+        )
         await self.redirect_after_login(parts)
 
     def render(self, template_name, **kwargs):
@@ -172,13 +202,15 @@ class UserHandler(AuthPage):
         user_id = parse_id(user_id, "user id")
         role = self.get_argument("role", None) or None
         active = self.get_argument("active", None)
+        if active not in (None, "true", "false"):
+            raise UserError(400, f"active must be true or false, got {active[:20]!r}")
         active = None if active is None else active == "true"
         try:
             user = await queries.update_user(self.db, self.current_user, user_id, role, active)
         except UserError as e:
             if e.status == 404:
                 raise
-            self.flash(e.message)
+            self.flash(e.message, error=True)
         else:
             state = "active" if user.active else "deactivated"
             self.flash(f"{user.username} is now {user.role}, {state}.")

@@ -61,8 +61,8 @@ def dummy_hash(cost):
 def validate_password(password):
     if not isinstance(password, str):
         raise UserError(400, "password must be a string")
-    if "\x00" in password:
-        raise UserError(400, "password must not contain NUL characters")
+    if not is_text(password):
+        raise UserError(400, "password must be valid text without NUL characters")
     size = len(password.encode("utf-8", "surrogateescape"))
     if size > MAX_PASSWORD_BYTES:
         raise UserError(
@@ -176,23 +176,44 @@ async def update_user(db, actor, user_id, role=None, active=None):
 # --- login and throttling --------------------------------------------------------
 
 
-async def check_login_throttle(db, username, address, config):
-    """429 when this username or this address failed too often in the window."""
+async def record_login_attempt(db, username, address, config):
+    """Count this attempt before checking the password; 429 when over the limits.
+
+    The attempt is stored first and counted after, each in its own statement,
+    so N parallel guesses cannot all pass a check made before any of them was
+    recorded: the k-th attempt to commit sees at least k. A successful login
+    removes only its own row; failures expire with the window.
+    Returns the id of the attempt's row.
+    """
+    attempt = await db.fetch_one(
+        "INSERT INTO core.login_failures (username, address) VALUES (%s, %s) RETURNING id",
+        username,
+        address,
+    )
     row = await db.fetch_one(
         "SELECT count(*) FILTER (WHERE lower(username) = lower(%s)) AS by_user,"
-        "       count(*) FILTER (WHERE address = %s) AS by_address"
+        "       count(*) FILTER (WHERE address = %s) AS by_address,"
+        "       ceil(extract(epoch FROM min(at) + make_interval(secs => %s) - now()))::int"
+        "           AS retry_after"
         "  FROM core.login_failures"
         " WHERE at > now() - make_interval(secs => %s)"
         "   AND (lower(username) = lower(%s) OR address = %s)",
         username,
         address,
         config.throttle_window_s,
+        config.throttle_window_s,
         username,
         address,
     )
-    minutes = max(1, config.throttle_window_s // 60)
-    if row.by_user >= config.throttle_per_user or row.by_address >= config.throttle_per_address:
-        raise UserError(429, f"Too many failed logins. Wait {minutes} minutes and try again.")
+    if row.by_user > config.throttle_per_user or row.by_address > config.throttle_per_address:
+        wait = max(1, row.retry_after or config.throttle_window_s)
+        minutes = -(-wait // 60)
+        raise UserError(
+            429,
+            f"Too many failed logins. Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+            headers={"Retry-After": str(wait)},
+        )
+    return attempt.id
 
 
 async def authenticate(db, username, password, address, config):
@@ -201,9 +222,9 @@ async def authenticate(db, username, password, address, config):
     password = password if isinstance(password, str) else ""
     if not username or not password:
         raise UserError(400, "Enter your username and password.")
-    if "\x00" in username or len(username) > 64 or "\x00" in password:
+    if not is_text(username) or len(username) > 64 or not is_text(password):
         raise UserError(401, "Wrong username or password.")
-    await check_login_throttle(db, username, address, config)
+    attempt_id = await record_login_attempt(db, username, address, config)
     user = await db.fetch_optional(
         "SELECT id, username, role, email, active, password_hash FROM core.users"
         " WHERE lower(username) = lower(%s)",
@@ -213,14 +234,20 @@ async def authenticate(db, username, password, address, config):
         password, user.password_hash if user else dummy_hash(config.bcrypt_cost)
     )
     if user is None or not ok or not user.active:
-        await db.run(
-            "INSERT INTO core.login_failures (username, address) VALUES (%s, %s)",
-            username,
-            address,
-        )
         raise UserError(401, "Wrong username or password.")
-    await db.run("DELETE FROM core.login_failures WHERE lower(username) = lower(%s)", username)
+    await db.run("DELETE FROM core.login_failures WHERE id = %s", attempt_id)
     return user
+
+
+def is_text(value):
+    """A string PostgreSQL can store: no NUL, no lone surrogates."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- the first admin, synchronously at start ----------------------------------------

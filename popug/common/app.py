@@ -55,6 +55,7 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
         static_handler_args={"path": str(STATIC_DIR)},
         autoescape="xhtml_escape",
         serve_traceback=False,
+        log_function=web.log_request,
         debug=debug,
     )
     unknown = [(r"/healthz", web.HealthHandler)]

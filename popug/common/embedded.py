@@ -10,6 +10,7 @@ before every attach. bin/popug turns SIGTERM into a clean exit for the same reas
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import psycopg2
@@ -40,8 +41,12 @@ def start_embedded(data_dir, dbname):
     The server stops when the last process that joined it exits.
     """
     try:
-        import pgserver
-        from pgserver.postgres_server import PostgresServer
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (root, systemd
+            # services) and falls back to /tmp/runtime-<uid>, which is fine.
+            warnings.simplefilter("ignore")
+            import pgserver
+            from pgserver.postgres_server import PostgresServer
     except ImportError as e:  # pragma: no cover - pgserver is an install requirement
         raise RuntimeError(
             "no database configured and the embedded server is not installed: "
@@ -64,7 +69,7 @@ def start_embedded(data_dir, dbname):
             if cur.fetchone() is None:
                 try:
                     cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-                except psycopg2.errors.DuplicateDatabase:
+                except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
                     pass  # another process created it a moment ago
     finally:
         conn.close()

@@ -10,11 +10,12 @@ class UserError(tornado.web.HTTPError):
     traceback) and calls write_error with it, where it becomes a page or JSON.
     """
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, headers=None):
         # log_message is %-formatted by Tornado's logger.
         super().__init__(status, message.replace("%", "%%"))
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
     def __str__(self):
         return self.message

@@ -28,25 +28,29 @@ LOAD_SESSION_USER = Prepared(
     "load_session_user",
     """
 SELECT s.id AS session_id, coalesce(s.parent_id, s.id) AS root_session_id, s.kind,
-       u.id, u.username, u.role, u.email,
+       u.id, u.username, u.role, u.email, r.assignable,
        ARRAY(SELECT rp.permission FROM core.role_permissions rp WHERE rp.role = u.role)
            AS permissions
   FROM core.sessions s
   JOIN core.users u ON u.id = s.user_id
+  JOIN core.roles r ON r.name = u.role
   LEFT JOIN core.sessions p ON p.id = s.parent_id
  WHERE s.token_hash = %s
    AND s.revoked_at IS NULL AND s.expires_at > now()
    AND (s.parent_id IS NULL OR (p.revoked_at IS NULL AND p.expires_at > now()))
    AND u.active
+   -- A cookie session is good only on the host it was made for; a bearer
+   -- token only as a bearer token.
+   AND CASE WHEN %s THEN s.kind = 'api' ELSE s.kind <> 'api' AND s.host = %s END
 """,
 )
 
 
-async def load_session_user(db, token):
-    """The user (Row, with .permissions as a frozenset) for a token, or None."""
+async def load_session_user(db, token, host, bearer=False):
+    """The user (Row, with .permissions as a frozenset) for a token on `host`, or None."""
     if not token or len(token) > 200:
         return None
-    row = await db.fetch_optional(LOAD_SESSION_USER, hash_token(token))
+    row = await db.fetch_optional(LOAD_SESSION_USER, hash_token(token), bearer, host)
     if row is not None:
         row["permissions"] = frozenset(row.permissions)
     return row

@@ -6,15 +6,20 @@ is simply "logged out". Errors are UserError anywhere; write_error turns them
 into an HTML page or {"error": ...} in one place.
 """
 
+import asyncio
 import datetime
 import decimal
 import functools
 import json
 import logging
+import re
+import time
+import typing
 import urllib.parse
 
 import tornado.web
 from tornado.escape import url_escape
+from tornado.log import access_log
 
 from popug import BUILT_SERVICES
 from popug.common import sessions
@@ -37,10 +42,39 @@ STATUS_TEXT = {
 }
 
 
+# How a refused permission reads to a person. Permissions are data: one not
+# listed here still gets a message, with its name.
+PERMISSION_TEXT = {
+    "can_add_task": "create tasks",
+    "can_shuffle_tasks": "shuffle tasks",
+    "can_view_all_tasks": "see other popugs' tasks",
+    "can_manage_users": "manage users",
+}
+
+
+# Requests being served, so a stopping server can let them finish first.
+IN_FLIGHT = set()
+
+
+async def wait_for_requests(timeout):
+    """Wait until no request is being served, at most `timeout` seconds; True when drained."""
+    deadline = time.monotonic() + timeout
+    while IN_FLIGHT and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return not IN_FLIGHT
+
+
+class Flash(typing.NamedTuple):
+    kind: str
+    message: str
+
+
 def parse_id(value, what="id"):
     """A path or query id as a positive int, or a 400 that says what was wrong."""
-    if value is None or not value.isascii() or not value.isdigit() or int(value) == 0:
-        raise UserError(400, f"{what} must be a positive whole number, got {value!r}")
+    if value is None or not value.isascii() or not value.isdigit() or not value.strip("0"):
+        raise UserError(400, f"{what} must be a positive whole number, got {value[:40]!r}")
+    if len(value.lstrip("0")) > 19:  # before int(): huge digit strings are slow or refused
+        raise UserError(400, f"{what} is out of range: {value[:40]}")
     n = int(value)
     if n > MAX_BIGINT:
         raise UserError(400, f"{what} is out of range: {value}")
@@ -55,6 +89,10 @@ def check_text(value, field, max_len, required=False):
         raise UserError(400, f"{field} must be a string")
     if "\x00" in value:
         raise UserError(400, f"{field} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(400, f"{field} is not valid Unicode text (lone surrogate)") from None
     if required:
         value = value.strip()
         if not value:
@@ -64,6 +102,31 @@ def check_text(value, field, max_len, required=False):
     return value
 
 
+def log_request(handler):
+    """Access log with the host, and without SSO codes (they are credentials for a minute)."""
+    status = handler.get_status()
+    if status < 400:
+        log_method = access_log.info
+    elif status < 500:
+        log_method = access_log.warning
+    else:
+        log_method = access_log.error
+    r = handler.request
+    uri = SECRET_QUERY.sub(r"\1=***", r.uri) if "code=" in r.uri else r.uri
+    log_method(
+        "%d %s %s%s (%s) %.2fms",
+        status,
+        r.method,
+        r.host_name,
+        uri,
+        r.remote_ip,
+        1000.0 * r.request_time(),
+    )
+
+
+SECRET_QUERY = re.compile(r"\b(code)=[^&]*")
+
+
 def to_json(obj):
     """JSON with Decimal as "12.34" and aware datetimes as ISO 8601 with offset."""
 
@@ -71,7 +134,8 @@ def to_json(obj):
         if isinstance(o, decimal.Decimal):
             return f"{o:.2f}"
         if isinstance(o, datetime.datetime):
-            return o.isoformat()
+            # One format everywhere (the database builds the same): UTC, microseconds.
+            return o.astimezone(datetime.UTC).isoformat(timespec="microseconds")
         if isinstance(o, (set, frozenset)):
             return sorted(o)
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
@@ -105,11 +169,20 @@ class BaseHandler(tornado.web.RequestHandler):
         return raw.decode("utf-8", "replace") if raw else None
 
     async def prepare(self):
+        IN_FLIGHT.add(self)
         token = self.bearer_token()
         self.via_bearer = token is not None
         if token is None:
             token = self.session_token()
-        self.current_user = await sessions.load_session_user(self.db, token)
+        self.current_user = await sessions.load_session_user(
+            self.db, token, self.request.host_name, bearer=self.via_bearer
+        )
+
+    def on_finish(self):
+        IN_FLIGHT.discard(self)
+
+    def on_connection_close(self):
+        IN_FLIGHT.discard(self)
 
     def check_xsrf_cookie(self):
         # A bearer token is not sent by browsers on their own, so a call made
@@ -133,10 +206,8 @@ class BaseHandler(tornado.web.RequestHandler):
     def require_perm(self, permission):
         """Raise 403 unless the current user has the permission."""
         if not self.can(permission):
-            raise UserError(
-                403,
-                f"Your role ({self.current_user.role}) does not allow this (needs {permission}).",
-            )
+            what = PERMISSION_TEXT.get(permission, f"do this (it needs {permission})")
+            raise UserError(403, f"Your role ({self.current_user.role}) is not allowed to {what}.")
 
     def host_url(self, service):
         """Scheme://host[:port] of a service, with the port the client used to reach us."""
@@ -170,22 +241,31 @@ class BaseHandler(tornado.web.RequestHandler):
             template_name = f"{self.service}/templates/{template_name}"
         return super().render(template_name, **kwargs)
 
-    def flash(self, message):
+    def flash(self, message, error=False):
         """A one-time message shown on the next page this browser loads on this host."""
-        self.set_signed_cookie("popug_flash", message[:300], expires_days=None, httponly=True)
+        value = ("error|" if error else "ok|") + message[:300]
+        self.set_signed_cookie("popug_flash", value, expires_days=None, httponly=True)
 
     def pop_flash(self):
+        """The pending flash as Flash(kind='ok'|'error', message), or None."""
         if not hasattr(self, "_flash"):
             raw = self.get_signed_cookie("popug_flash", max_age_days=1)
-            self._flash = raw.decode("utf-8", "replace") if raw else None
+            self._flash = None
             if raw:
+                kind, _, message = raw.decode("utf-8", "replace").partition("|")
+                self._flash = Flash(kind if kind == "error" else "ok", message)
                 self.clear_cookie("popug_flash")
         return self._flash
+
+    # Where the error page's "back" link goes; None: this host's start page.
+    error_back_service = None
 
     def error_status_message(self, kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         status = self.get_status()
         if isinstance(exc, UserError):
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
             return exc.status, exc.message
         if isinstance(exc, tornado.web.HTTPError) and status < 500:
             message = exc.log_message if exc.log_message and status != 404 else None
@@ -200,8 +280,10 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Content-Type", "application/json; charset=utf-8")
             self.finish(to_json({"error": message}))
             return
+        back = self.service_url(self.error_back_service) if self.error_back_service else "/"
         self.render(
             "common/templates/error.html",
+            back_url=back,
             status=status,
             title=STATUS_TEXT.get(status, "Error"),
             message=message,
@@ -239,6 +321,8 @@ class ApiHandler(BaseHandler):
             raise UserError(400, "The request body is not valid UTF-8") from None
         except ValueError:
             raise UserError(400, "The request body is not valid JSON") from None
+        except RecursionError:
+            raise UserError(400, "The request body is nested too deeply") from None
         if not isinstance(data, dict):
             raise UserError(400, 'The request body must be a JSON object, like {"title": ...}')
         return data
@@ -318,9 +402,20 @@ class SsoCallbackHandler(PageHandler):
         self.redirect(safe_local_path(self.get_argument("next", "/")))
 
 
+def has_control_chars(text):
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
 def safe_local_path(path):
     """A path on this host only: never //evil.com or a full URL (no open redirect)."""
-    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
+    if (
+        not path
+        or not path.startswith("/")
+        or path.startswith("//")
+        or "\\" in path
+        or has_control_chars(path)
+        or len(path) > 2000
+    ):
         return "/"
     parts = urllib.parse.urlsplit(path)
     if parts.scheme or parts.netloc:
@@ -363,6 +458,9 @@ class HealthHandler(BaseHandler):
             return
         self.finish("ok\n")
 
+    async def head(self):
+        await self.get()
+
     def check_xsrf_cookie(self):
         pass
 
@@ -370,34 +468,39 @@ class HealthHandler(BaseHandler):
 class NotFoundHandler(PageHandler):
     """The last route of every host group, so no request falls through to another service."""
 
+    def check_xsrf_cookie(self):
+        pass  # nothing here to protect: the answer is 404 whatever the method
+
+    def not_found_message(self):
+        return "There is no page at this address."
+
     async def prepare(self):
         await super().prepare()
-        raise UserError(404, "There is no page at this address.")
+        raise UserError(404, self.not_found_message())
 
 
-class UnknownHostHandler(PageHandler):
+class UnknownHostHandler(NotFoundHandler):
     """For a Host header that is none of ours."""
 
-    async def prepare(self):
-        await super().prepare()
-        raise UserError(
-            404,
+    error_back_service = "landing"
+
+    def not_found_message(self):
+        return (
             f"This server does not serve the host {self.request.host_name!r}. "
-            f"Try {self.config.hosts['landing']}.",
+            f"Try {self.config.hosts['landing']}."
         )
 
 
-class ServiceAbsentHandler(PageHandler):
+class ServiceAbsentHandler(NotFoundHandler):
     """The host of a service this process does not run: say so instead of another page."""
+
+    error_back_service = "landing"
 
     def initialize(self, name, built):
         self.name = name
         self.built = built
 
-    async def prepare(self):
-        await super().prepare()
+    def not_found_message(self):
         if self.built:
-            message = f"The {self.name} service is not running in this process."
-        else:
-            message = f"The {self.name} service is not available yet. It is coming soon."
-        raise UserError(404, message)
+            return f"The {self.name} service is not running in this process."
+        return f"The {self.name} service is not available yet. It is coming soon."

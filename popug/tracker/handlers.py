@@ -49,6 +49,10 @@ class HomeHandler(TrackerPage):
 
     @auth_required
     async def get(self):
+        if not self.current_user.assignable and self.can("can_view_all_tasks"):
+            # Managers and admins never hold tasks: their start page is all of them.
+            self.redirect(self.reverse_url("tracker.tasks"))
+            return
         tasks = await q.list_tasks(
             self.db, assignee_id=self.current_user.id, status="open", limit=500
         )
@@ -70,7 +74,7 @@ class TasksHandler(TrackerPage):
             "tasks.html",
             tasks=tasks[:PAGE_SIZE],
             more=len(tasks) > PAGE_SIZE,
-            people=await q.list_people(self.db),
+            people=await q.list_people(self.db) if self.can("can_view_all_tasks") else [],
             status=status or "",
             assignee_id=assignee_id,
         )
@@ -78,7 +82,9 @@ class TasksHandler(TrackerPage):
     @auth_required
     @has_perm("can_add_task")
     async def post(self):
-        title, description = self.get_argument("title", ""), self.get_argument("description", "")
+        title = self.get_argument("title", "")
+        # Browsers send a textarea's line breaks as CRLF (HTML spec); store them as typed.
+        description = self.get_argument("description", "").replace("\r\n", "\n")
         try:
             title, description = parse_task_input(title, description)
             task = await q.create_task(self.db, title, description, self.current_user.id)
@@ -110,7 +116,7 @@ class TaskCompleteHandler(TrackerPage):
         except UserError as e:
             if e.status == 404:
                 raise
-            self.flash(e.message)
+            self.flash(e.message, error=True)
         else:
             self.flash(f"Done: #{task.id} {task.title[:80]} — {task.reward} credited.")
         self.redirect(self.reverse_url("tracker.home"))
@@ -125,7 +131,7 @@ class TaskShuffleHandler(TrackerPage):
         try:
             n = await q.shuffle_open_tasks(self.db)
         except UserError as e:
-            self.flash(e.message)
+            self.flash(e.message, error=True)
         else:
             self.flash(f"Shuffled: {n} open task{'s' if n != 1 else ''} reassigned.")
         self.redirect(self.reverse_url("tracker.tasks"))

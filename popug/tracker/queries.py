@@ -32,7 +32,8 @@ NO_ASSIGNEE = (
 )
 
 TASK_COLUMNS = """t.id, t.title, t.description, t.status, t.assign_fee, t.reward,
-       t.created_at, t.completed_at, t.assignee_id, a.username AS assignee_username"""
+       t.created_at, t.assigned_at, t.completed_at, t.assignee_id,
+       a.username AS assignee_username"""
 
 # The assignee is picked by the database among active popugs of an
 # assignable role; with none, the INSERT inserts nothing and we answer 409.
@@ -86,6 +87,7 @@ WITH pool AS MATERIALIZED (
     SELECT t.id, floor(random() * size.cnt)::bigint AS n
       FROM core.tasks t CROSS JOIN size
      WHERE t.status = 'open' AND size.cnt > 0
+     ORDER BY t.id
      FOR UPDATE OF t
 ), moved AS (
     UPDATE core.tasks t SET assignee_id = pool.id, assigned_at = now()
@@ -101,9 +103,16 @@ SELECT (SELECT count(*) FROM fees) AS reassigned, (SELECT cnt FROM size) AS pool
 """
 
 
+# Two shuffles at once would each lock part of the open tasks and wait for
+# the other's part (a deadlock PostgreSQL breaks by failing one): take turns.
+SHUFFLE_LOCK = 7_200_000_101
+
+
 async def shuffle_open_tasks(db):
     """Give every open task a fresh random assignee; returns how many were reassigned."""
-    row = await db.fetch_one(SHUFFLE_OPEN_TASKS)
+    async with db.transaction() as cur:
+        await db.run("SELECT pg_advisory_xact_lock(%s)", SHUFFLE_LOCK, cur=cur)
+        row = await db.fetch_one(SHUFFLE_OPEN_TASKS, cur=cur)
     if row.pool_size == 0:
         raise UserError(409, NO_ASSIGNEE)
     return row.reassigned
@@ -169,12 +178,14 @@ SELECT {TASK_COLUMNS} FROM core.tasks t JOIN core.users a ON a.id = t.assignee_i
 # The API's task object (see task_json) built by PostgreSQL: a list of 100
 # tasks is then one string from the database instead of 100 rows of Decimals
 # and datetimes converted twice in Python. numeric(12,2)::text is "12.34";
-# a timestamptz in JSON is ISO 8601 with its offset.
+# times are formatted exactly as to_json() in Python does: UTC, microseconds.
 TASK_JSON_SQL = """json_build_object(
     'id', t.id, 'title', t.title, 'description', t.description, 'status', t.status,
     'assignee', json_build_object('id', t.assignee_id, 'username', t.assignee_username),
     'assign_fee', t.assign_fee::text, 'reward', t.reward::text,
-    'created_at', t.created_at, 'completed_at', t.completed_at)"""
+    'created_at', to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+    'completed_at',
+        to_char(t.completed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'))"""
 
 LIST_TASKS_JSON = f"""
 SELECT coalesce(json_agg({TASK_JSON_SQL} ORDER BY t.id DESC), '[]')::text AS tasks
