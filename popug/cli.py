@@ -22,6 +22,7 @@ EPILOG = """commands:
   serve (default)   run the services (all in one process, or the one --service names)
   migrate           apply the sql/ migrations not yet applied, then exit
   create-user NAME  create a user; the password is read from a prompt, or from stdin
+  set-password NAME reset a user's password (prompt or stdin); their sessions end
   dbshell           psql on the database in use (SQL from stdin when it is not a terminal)
 
 Environment: POPUG_<KEY> overrides a config key, POPUG_<SECTION>__<KEY> a nested one
@@ -60,6 +61,8 @@ def build_parser():
     cu.add_argument("username")
     cu.add_argument("--role", default="worker", help="admin, manager, accountant, worker (default)")
     cu.add_argument("--email", required=True)
+    sp = sub.add_parser("set-password", help="reset a user's password (from prompt or stdin)")
+    sp.add_argument("username")
     sub.add_parser("dbshell", help="open psql on the database in use")
     return p
 
@@ -100,7 +103,8 @@ def prepare_database(config):
         banner = (
             f"\n  First start on an empty database: created user 'admin'\n"
             f"  password: {password}\n"
-            f"  (also in {path}, mode 0600; change it after logging in)\n"
+            f"  (also in {path}, mode 0600;\n"
+            f"   change it at http://{config.hosts['auth']}:{config.server.port}/password)\n"
         )
         print(banner, flush=True)
     return dsn
@@ -243,6 +247,32 @@ def cmd_create_user(args, config):
     return 0
 
 
+def cmd_set_password(args, config):
+    from popug.auth import queries
+    from popug.common.db import Database
+    from popug.common.errors import UserError
+
+    password = read_password()
+    if password is None:
+        return 1
+    dsn = prepare_database(config)
+
+    async def reset():
+        db = await Database.connect(dsn, 1, 2, config.database.timeout_s)
+        try:
+            return await queries.set_password(db, args.username, password, config.auth.bcrypt_cost)
+        finally:
+            await db.close()
+
+    try:
+        user = asyncio.run(reset())
+    except UserError as e:
+        print(f"popug: {e.message}", file=sys.stderr)
+        return 1
+    print(f"password of {user.username} changed; their sessions and tokens were ended")
+    return 0
+
+
 def cmd_dbshell(args, config):
     from popug.common.embedded import psql_binary
 
@@ -266,6 +296,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "migrate": cmd_migrate,
     "create-user": cmd_create_user,
+    "set-password": cmd_set_password,
     "dbshell": cmd_dbshell,
 }
 

@@ -561,3 +561,50 @@ async def test_users_form_active_must_be_true_or_false(env):
     assert await env.scalar("SELECT active FROM core.users WHERE id = %s", victim.id) is True
     r = await b.post("auth", "/users/" + "9" * 5000, form={"active": "false"})
     assert r.status == 400 and "out of range" in r.text
+
+
+@pytest.mark.gen_test
+async def test_change_password_keeps_this_session_and_ends_the_others(env):
+    u = await env.user("worker")
+    here = Browser(env)
+    await here.login(u.username, env.PASSWORD)
+    elsewhere = Browser(env)
+    await elsewhere.login(u.username, env.PASSWORD)
+    token = await env.token_for(u.username)
+    r = await here.post(
+        "auth",
+        "/password",
+        form={
+            "current_password": "not-it",
+            "new_password": "brand-new-pass",
+            "new_password_again": "brand-new-pass",
+        },
+    )
+    assert r.status == 400 and "current password is not right" in r.text
+    r = await here.post(
+        "auth",
+        "/password",
+        form={
+            "current_password": env.PASSWORD,
+            "new_password": "brand-new-pass",
+            "new_password_again": "brand-new-pas",
+        },
+    )
+    assert r.status == 400 and "not the same" in r.text
+    r = await here.post(
+        "auth",
+        "/password",
+        form={
+            "current_password": env.PASSWORD,
+            "new_password": "brand-new-pass",
+            "new_password_again": "brand-new-pass",
+        },
+    )
+    assert r.status == 200 and "Password changed" in r.text
+    assert (await here.get("tracker", "/")).url == here.url("tracker", "/")
+    assert (await elsewhere.get("tracker", "/")).url.startswith(here.url("auth", "/login"))
+    assert (await Api(env, token).get("auth", "/api/v1/me")).status == 401
+    r = await Api(env).post(
+        "auth", "/api/v1/tokens", json={"username": u.username, "password": "brand-new-pass"}
+    )
+    assert r.status == 201

@@ -344,3 +344,24 @@ def test_sigterm_lets_a_request_in_flight_finish(db_dsn, tmp_path):
     t.join(timeout=30)
     assert proc.wait(timeout=30) == 0
     assert result == {"status": 201}, log.read_text()
+
+
+def test_set_password_from_stdin_ends_sessions(db_dsn, tmp_path):
+    env = {
+        "POPUG_DATABASE__DSN": db_dsn,
+        "POPUG_DATA_DIR": str(tmp_path),
+        "POPUG_AUTH__BCRYPT_COST": "4",
+    }
+    r = popug("create-user", "kiwi", "--email", "kiwi@popug.test", env=env, input="kiwi-password\n")
+    assert r.returncode == 0, r.stderr
+    r = popug("set-password", "KIWI", env=env, input="fresh-password\n")
+    assert r.returncode == 0 and "password of kiwi changed" in r.stdout, r.stderr
+    r = popug("set-password", "ghost", env=env, input="fresh-password\n")
+    assert r.returncode == 1 and "there is no user 'ghost'" in r.stderr
+    r = popug("set-password", "kiwi", env=env, input="short\n")
+    assert r.returncode == 1 and "too short" in r.stderr
+    import bcrypt
+
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT password_hash FROM core.users WHERE username = 'kiwi'")
+        assert bcrypt.checkpw(b"fresh-password", cur.fetchone()[0].encode())

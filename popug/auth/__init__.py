@@ -9,6 +9,7 @@ def routes(config):
     return [
         url(r"/", h.HomeHandler, name="auth.home"),
         url(r"/login", h.LoginHandler, name="auth.login"),
+        url(r"/password", h.PasswordHandler, name="auth.password"),
         url(r"/users", h.UsersHandler, name="auth.users"),
         url(r"/users/([^/]+)", h.UserHandler, name="auth.user"),
         url(r"/api/v1/tokens", h.TokensApiHandler, name="auth.api.tokens"),

@@ -155,6 +155,38 @@ class HomeHandler(AuthPage):
         self.render("home.html")
 
 
+class PasswordHandler(AuthPage):
+    """/password: change one's own password."""
+
+    @auth_required
+    async def get(self):
+        self.render("password.html", error=None)
+
+    @auth_required
+    async def post(self):
+        new = self.get_argument("new_password", "")
+        if new != self.get_argument("new_password_again", ""):
+            self.set_status(400)
+            self.render("password.html", error="The two new passwords are not the same.")
+            return
+        try:
+            await queries.change_password(
+                self.db,
+                self.current_user,
+                self.get_argument("current_password", ""),
+                new,
+                self.config.auth.bcrypt_cost,
+                self.request.remote_ip,
+                self.config.auth,
+            )
+        except UserError as e:
+            self.set_status(e.status)
+            self.render("password.html", error=e.message)
+            return
+        self.flash("Password changed. Your other sessions were logged out.")
+        self.redirect(self.reverse_url("auth.home"))
+
+
 class UsersHandler(AuthPage):
     """/users: everyone, with create form; admins only."""
 

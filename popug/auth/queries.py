@@ -173,6 +173,55 @@ async def update_user(db, actor, user_id, role=None, active=None):
     return user
 
 
+async def change_password(db, user, current, new, cost, address, config):
+    """The user's own change: the current password first; other sessions end, this one stays."""
+    if not isinstance(current, str) or not isinstance(new, str):
+        raise UserError(400, "Enter your current and your new password.")
+    validate_password(new)
+    await record_login_attempt(db, user.username, address, config)
+    row = await db.fetch_one("SELECT password_hash FROM core.users WHERE id = %s", user.id)
+    if not is_text(current) or not await check_password(current, row.password_hash):
+        raise UserError(400, "Your current password is not right.")
+    new_hash = await hash_password(new, cost)
+    async with db.transaction() as cur:
+        await db.run(
+            "UPDATE core.users SET password_hash = %s, updated_at = now() WHERE id = %s",
+            new_hash,
+            user.id,
+            cur=cur,
+        )
+        await db.run(
+            "UPDATE core.sessions SET revoked_at = now()"
+            " WHERE user_id = %s AND revoked_at IS NULL"
+            "   AND id <> %s AND parent_id IS DISTINCT FROM %s",
+            user.id,
+            user.root_session_id,
+            user.root_session_id,
+            cur=cur,
+        )
+
+
+async def set_password(db, username, new, cost):
+    """A sysadmin's reset (CLI): no current password; every session of the user ends."""
+    validate_password(new)
+    new_hash = await hash_password(new, cost)
+    async with db.transaction() as cur:
+        user = await db.fetch_one(
+            "UPDATE core.users SET password_hash = %s, updated_at = now()"
+            f" WHERE lower(username) = lower(%s) RETURNING {USER_COLUMNS}",
+            new_hash,
+            username,
+            cur=cur,
+            missing=f"there is no user {username!r}",
+        )
+        await db.run(
+            "UPDATE core.sessions SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL",
+            user.id,
+            cur=cur,
+        )
+    return user
+
+
 # --- login and throttling --------------------------------------------------------
 
 
