@@ -81,3 +81,14 @@ def test_generated_secret_is_stable_and_private(tmp_path):
     first = ensure_secret_file(path)
     assert len(first) >= 32 and ensure_secret_file(path) == first
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_secret_generated_by_racing_processes_is_one_complete_secret(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "cookie-secret"
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(8) as pool:
+        secrets_seen = pool.map(ensure_secret_file, [path] * 32)
+    assert len(set(secrets_seen)) == 1 and len(secrets_seen[0]) >= 32
+    assert [p.name for p in tmp_path.iterdir()] == ["cookie-secret"]

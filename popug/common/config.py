@@ -212,11 +212,21 @@ def ensure_secret_file(path, nbytes=32):
     """Return the secret stored at `path`, creating it (mode 0600) on first use."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    secret = secrets.token_urlsafe(nbytes)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
+    if not path.exists():
+        # Written whole to a private temporary file, then linked into place:
+        # a second process starting at the same moment either wins the link
+        # or reads the complete secret of the one that did, never a half file.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(nbytes) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    secret = path.read_text().strip()
+    if not secret:
+        raise ConfigError(f"{path}: the secret file is empty; delete it to generate a new one")
     return secret
