@@ -204,8 +204,10 @@ def test_worker_sees_only_own_tasks_and_completes_one(live_system, chrome, db_ds
     chrome.find_element(By.ID, "login-submit").click()
     assert wait_url(chrome, f"{tracker}/") == f"{tracker}/"
     assert "Preen feathers" in chrome.find_element(By.ID, "my-tasks").text
+    chrome.implicitly_wait(0)  # absence checks: do not wait for what should not come
     assert not chrome.find_elements(By.ID, "nav-new")
     assert not chrome.find_elements(By.ID, "shuffle")
+    chrome.implicitly_wait(5)
     chrome.find_element(By.CSS_SELECTOR, f"button.complete[data-task='{task_id}']").click()
     assert "30.00 credited" in chrome.find_element(By.CSS_SELECTOR, ".flash").text
     assert chrome.find_element(By.ID, "no-tasks")
