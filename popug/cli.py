@@ -219,58 +219,60 @@ def read_password():
     return line.rstrip("\r\n")
 
 
-def cmd_create_user(args, config):
-    from popug.auth import queries
+def run_with_database(config, action):
+    """Run `await action(db)` once on a small pool; a UserError is one line on stderr, exit 1.
+
+    Returns (exit status, what action returned).
+    """
     from popug.common.db import Database
     from popug.common.errors import UserError
 
-    password = read_password()
-    if password is None:
-        return 1
     dsn = prepare_database(config)
 
-    async def create():
+    async def run():
         db = await Database.connect(dsn, 1, 2, config.database.timeout_s)
         try:
-            return await queries.create_user(
-                db, args.username, password, args.role, args.email, config.auth.bcrypt_cost
-            )
+            return await action(db)
         finally:
             await db.close()
 
     try:
-        user = asyncio.run(create())
+        return 0, asyncio.run(run())
     except UserError as e:
         print(f"popug: {e.message}", file=sys.stderr)
+        return 1, None
+
+
+def cmd_create_user(args, config):
+    from popug.auth import queries
+
+    password = read_password()
+    if password is None:
         return 1
-    print(f"created user {user.username} (id {user.id}, role {user.role})")
-    return 0
+    status, user = run_with_database(
+        config,
+        lambda db: queries.create_user(
+            db, args.username, password, args.role, args.email, config.auth.bcrypt_cost
+        ),
+    )
+    if user:
+        print(f"created user {user.username} (id {user.id}, role {user.role})")
+    return status
 
 
 def cmd_set_password(args, config):
     from popug.auth import queries
-    from popug.common.db import Database
-    from popug.common.errors import UserError
 
     password = read_password()
     if password is None:
         return 1
-    dsn = prepare_database(config)
-
-    async def reset():
-        db = await Database.connect(dsn, 1, 2, config.database.timeout_s)
-        try:
-            return await queries.set_password(db, args.username, password, config.auth.bcrypt_cost)
-        finally:
-            await db.close()
-
-    try:
-        user = asyncio.run(reset())
-    except UserError as e:
-        print(f"popug: {e.message}", file=sys.stderr)
-        return 1
-    print(f"password of {user.username} changed; their sessions and tokens were ended")
-    return 0
+    status, user = run_with_database(
+        config,
+        lambda db: queries.set_password(db, args.username, password, config.auth.bcrypt_cost),
+    )
+    if user:
+        print(f"password of {user.username} changed; their sessions and tokens were ended")
+    return status
 
 
 def cmd_dbshell(args, config):

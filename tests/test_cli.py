@@ -18,8 +18,7 @@ POPUG = [sys.executable, str(REPO / "bin" / "popug")]
 
 
 def popug(*args, env=None, input=None, timeout=60, cwd=None):
-    e = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
-    e.update(env or {})
+    e = clean_env(**(env or {}))
     return subprocess.run(
         POPUG + list(args),
         env=e,
@@ -146,6 +145,25 @@ def test_unreachable_database_is_one_clear_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
+    env.update(extra)
+    return env
+
+
+def start_serve(args, log, env, append=False):
+    """bin/popug with `args`, its output in `log`; returns the Popen."""
+    with open(log, "a" if append else "w") as out:
+        return subprocess.Popen(POPUG + list(args), env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_gone(pid, timeout=10):
+    deadline = time.time() + timeout
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
 def _postmaster_pid(data):
     p = data / "pgdata" / "postmaster.pid"
     return int(p.read_text().splitlines()[0]) if p.exists() else None
@@ -163,15 +181,8 @@ def test_embedded_server_shared_by_processes_and_stopped_by_the_last(tmp_path):
     data = tmp_path / "var"
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
-    env["POPUG_AUTH__BCRYPT_COST"] = "4"
-    with open(log, "w") as out:
-        serve = subprocess.Popen(
-            POPUG + ["--data-dir", str(data), "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    env = clean_env(POPUG_AUTH__BCRYPT_COST="4")
+    serve = start_serve(["--data-dir", str(data), "--port", str(port)], log, env)
     try:
         wait_healthy(port, serve, log)
         text = log.read_text()
@@ -206,37 +217,21 @@ def test_embedded_server_shared_by_processes_and_stopped_by_the_last(tmp_path):
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(timeout=30)
     assert code == 0, log.read_text()
-    deadline = time.time() + 10
-    while _alive(pg_pid) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not _alive(pg_pid), "SIGTERM left the embedded PostgreSQL running"
+    assert wait_gone(pg_pid), "SIGTERM left the embedded PostgreSQL running"
 
 
 def test_embedded_server_recovers_after_a_killed_process(tmp_path):
     data = tmp_path / "var"
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
-    env["POPUG_AUTH__BCRYPT_COST"] = "4"
-    with open(log, "w") as out:
-        first = subprocess.Popen(
-            POPUG + ["--data-dir", str(data), "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    env = clean_env(POPUG_AUTH__BCRYPT_COST="4")
+    first = start_serve(["--data-dir", str(data), "--port", str(port)], log, env)
     wait_healthy(port, first, log)
     pg_pid = _postmaster_pid(data)
     first.kill()  # SIGKILL: no atexit, its pid stays in pgserver's handle list
     first.wait()
     assert _alive(pg_pid)
-    with open(log, "a") as out:
-        second = subprocess.Popen(
-            POPUG + ["--data-dir", str(data), "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    second = start_serve(["--data-dir", str(data), "--port", str(port)], log, env, append=True)
     try:
         wait_healthy(port, second, log)
         assert _postmaster_pid(data) == pg_pid  # joined, not a second server
@@ -245,25 +240,15 @@ def test_embedded_server_recovers_after_a_killed_process(tmp_path):
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=30) == 0
-    deadline = time.time() + 10
-    while _alive(pg_pid) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not _alive(pg_pid), "the dead pid kept the embedded PostgreSQL alive"
+    assert wait_gone(pg_pid), "the dead pid kept the embedded PostgreSQL alive"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_serve_on_a_dsn_stops_cleanly_on_signals(db_dsn, tmp_path, sig):
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
-    env.update(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            POPUG + ["--port", str(port), "--service=tracker"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    env = clean_env(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
+    proc = start_serve(["--port", str(port), "--service=tracker"], log, env)
     wait_healthy(port, proc, log)
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == 0
@@ -272,21 +257,13 @@ def test_serve_on_a_dsn_stops_cleanly_on_signals(db_dsn, tmp_path, sig):
 
 def test_two_processes_starting_at_once_on_an_empty_folder_share_one_server(tmp_path):
     data = tmp_path / "var"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
-    env["POPUG_AUTH__BCRYPT_COST"] = "4"
+    env = clean_env(POPUG_AUTH__BCRYPT_COST="4")
     ports = [free_port(), free_port()]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = []
-    for port, log in zip(ports, logs, strict=True):
-        with open(log, "w") as out:
-            procs.append(
-                subprocess.Popen(
-                    POPUG + ["--data-dir", str(data), "--port", str(port)],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+    procs = [
+        start_serve(["--data-dir", str(data), "--port", str(port)], log, env)
+        for port, log in zip(ports, logs, strict=True)
+    ]
     try:
         for port, proc, log in zip(ports, procs, logs, strict=True):
             wait_healthy(port, proc, log)
@@ -315,12 +292,8 @@ def test_sigterm_lets_a_request_in_flight_finish(db_dsn, tmp_path):
         )
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
-    env.update(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            POPUG + ["--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    env = clean_env(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
+    proc = start_serve(["--port", str(port)], log, env)
     wait_healthy(port, proc, log)
     result = {}
 
