@@ -71,7 +71,9 @@ class Flash(typing.NamedTuple):
 
 def parse_id(value, what="id"):
     """A path or query id as a positive int, or a 400 that says what was wrong."""
-    if value is None or not value.isascii() or not value.isdigit() or not value.strip("0"):
+    if value is None:
+        raise UserError(400, f"{what} is required")
+    if not value.isascii() or not value.isdigit() or not value.strip("0"):
         raise UserError(400, f"{what} must be a positive whole number, got {value[:40]!r}")
     if len(value.lstrip("0")) > 19:  # before int(): huge digit strings are slow or refused
         raise UserError(400, f"{what} is out of range: {value[:40]}")
