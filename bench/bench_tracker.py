@@ -7,7 +7,7 @@ keep-alive HTTP client and prints requests/s and the ratios.
 
     .venv/bin/python bench/bench_tracker.py [--seconds 10] [--connections 32]
 
-Uses POPUG_BENCH_DSN when set, else an embedded PostgreSQL in a temporary folder.
+Uses UBERPOPUG_BENCH_DSN when set, else an embedded PostgreSQL in a temporary folder.
 Not a test: nothing here asserts a timing.
 """
 
@@ -149,7 +149,7 @@ def main():
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="popug-bench-"))
-    dsn = os.environ.get("POPUG_BENCH_DSN")
+    dsn = os.environ.get("UBERPOPUG_BENCH_DSN")
     if not dsn:
         from popug.common.embedded import start_embedded
 

@@ -30,6 +30,39 @@ Environment: POPUG_<KEY> overrides a config key, POPUG_<SECTION>__<KEY> a nested
 """
 
 
+def add_common_options(p, defaults):
+    """The options every command takes, before or after the command's name."""
+
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument(
+        "--service",
+        default=default("all"),
+        choices=("all",) + SERVICES,
+        help="which service to run in this process (default: all)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default(None),
+        help="YAML config file (default: config/popug.yaml of the checkout)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        metavar="N",
+        default=default(None),
+        help="port to listen on (server.port)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=default(None),
+        help="folder for the embedded database, secrets and mail (data_dir)",
+    )
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="popug",
@@ -37,33 +70,23 @@ def build_parser():
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--service",
-        default="all",
-        choices=("all",) + SERVICES,
-        help="which service to run in this process (default: all)",
-    )
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="YAML config file (default: config/popug.yaml of the checkout)",
-    )
-    p.add_argument("--port", type=int, metavar="N", help="port to listen on (server.port)")
-    p.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="folder for the embedded database, secrets and mail (data_dir)",
-    )
+    add_common_options(p, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    add_common_options(common, defaults=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("serve", help="run the services (default)")
-    sub.add_parser("migrate", help="apply pending migrations and exit")
-    cu = sub.add_parser("create-user", help="create a user (password from prompt or stdin)")
+
+    def command(name, help):
+        return sub.add_parser(name, help=help, parents=[common])
+
+    command("serve", "run the services (default)")
+    command("migrate", "apply pending migrations and exit")
+    cu = command("create-user", "create a user (password from prompt or stdin)")
     cu.add_argument("username")
     cu.add_argument("--role", default="worker", help="admin, manager, accountant, worker (default)")
     cu.add_argument("--email", required=True)
-    sp = sub.add_parser("set-password", help="reset a user's password (from prompt or stdin)")
+    sp = command("set-password", "reset a user's password (from prompt or stdin)")
     sp.add_argument("username")
-    sub.add_parser("dbshell", help="open psql on the database in use")
+    command("dbshell", "open psql on the database in use")
     return p
 
 
@@ -73,11 +96,28 @@ def exit_cleanly_on_sigterm():
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def database_dsn(config):
-    """The configured DSN, or the embedded server's (started or joined)."""
+class NoDatabaseHere(Exception):
+    pass
+
+
+def database_dsn(config, create=True):
+    """The configured DSN, or the embedded server's (started or joined).
+
+    With create=False (admin commands) an embedded database must already
+    exist: a typo in --data-dir, or a forgotten DSN, must not quietly create a
+    second, empty company.
+    """
     if config.database.dsn:
         return config.database.dsn
     from popug.common.embedded import start_embedded
+
+    pgdata = os.path.join(config.data_dir, "pgdata")
+    if not create and not os.path.exists(os.path.join(pgdata, "PG_VERSION")):
+        raise NoDatabaseHere(
+            f"no database here: {pgdata} does not exist and database.dsn is not set. "
+            "Pass the --data-dir (or POPUG_DATABASE__DSN) your services use, "
+            "or start popug once to create it."
+        )
 
     log.info(
         "no database.dsn configured: using the embedded PostgreSQL in %s/pgdata", config.data_dir
@@ -91,12 +131,15 @@ def cookie_secret(config):
     )
 
 
-def prepare_database(config):
+def prepare_database(config, serving=True):
+    """Migrate; on the first start of a server on an empty database, create the admin."""
     from popug.auth.queries import ensure_initial_admin
     from popug.common.db import apply_migrations
 
-    dsn = database_dsn(config)
+    dsn = database_dsn(config, create=serving)
     apply_migrations(dsn)
+    if not serving:
+        return dsn
     password = ensure_initial_admin(dsn, config.auth.bcrypt_cost, config.data_dir)
     if password:
         path = os.path.join(config.data_dir, "initial-admin-password")
@@ -104,7 +147,7 @@ def prepare_database(config):
             f"\n  First start on an empty database: created user 'admin'\n"
             f"  password: {password}\n"
             f"  (also in {path}, mode 0600;\n"
-            f"   change it at http://{config.hosts['auth']}:{config.server.port}/password)\n"
+            f"   change it after logging in, at {config.hosts['auth']}/password)\n"
         )
         print(banner, flush=True)
     return dsn
@@ -166,8 +209,8 @@ def cmd_serve(args, config):
     else:
         print(
             f"UberPopug {args.service} is running on {config.server.address}:{port}, serving "
-            f"{config.hosts[args.service]} only; the other services (auth, for logins) run in "
-            "their own processes behind your proxy. (Ctrl-C to stop)",
+            f"{config.hosts[args.service]} only; the other services run in their own "
+            "processes behind your proxy. (Ctrl-C to stop)",
             flush=True,
         )
 
@@ -203,7 +246,7 @@ def cmd_serve(args, config):
 def cmd_migrate(args, config):
     from popug.common.db import apply_migrations
 
-    applied = apply_migrations(database_dsn(config))
+    applied = apply_migrations(database_dsn(config, create=False))
     print("applied: " + ", ".join(applied) if applied else "nothing to apply: up to date")
     return 0
 
@@ -216,6 +259,9 @@ def read_password():
             return None
         return first
     line = sys.stdin.readline()
+    if not line:
+        print("popug: no password given on stdin", file=sys.stderr)
+        return None
     return line.rstrip("\r\n")
 
 
@@ -227,7 +273,7 @@ def run_with_database(config, action):
     from popug.common.db import Database
     from popug.common.errors import UserError
 
-    dsn = prepare_database(config)
+    dsn = prepare_database(config, serving=False)
 
     async def run():
         db = await Database.connect(dsn, 1, 2, config.database.timeout_s)
@@ -276,16 +322,23 @@ def cmd_set_password(args, config):
 
 
 def cmd_dbshell(args, config):
+    from psycopg2.extensions import make_dsn, parse_dsn
+
     from popug.common.embedded import psql_binary
 
-    dsn = database_dsn(config)
-    cmd = [psql_binary(), dsn]
+    # The password goes to psql in its environment, not on a command line
+    # that every user of the machine can read in ps.
+    params = parse_dsn(database_dsn(config, create=False))
+    env = dict(os.environ)
+    if "password" in params:
+        env["PGPASSWORD"] = params.pop("password")
+    cmd = [psql_binary(), make_dsn(**params)]
     if not sys.stdin.isatty():
         cmd += ["-v", "ON_ERROR_STOP=1", "-X", "-q"]
     # Ctrl-C belongs to psql (it cancels the query), not to us.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=env)
     except FileNotFoundError:
         print("popug: psql not found; install the PostgreSQL client", file=sys.stderr)
         return 1
@@ -323,12 +376,27 @@ def main(argv=None):
         return COMMANDS[args.command](args, config)
     except KeyboardInterrupt:
         return 130
+    except NoDatabaseHere as e:
+        print(f"popug: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.filename is None:
+            raise
+        print(
+            f"popug: cannot use {e.filename}: {e.strerror} (the data folder "
+            f"{config.data_dir} must be a folder this user can write)",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as e:  # the database not starting is the usual one
         import psycopg2
 
         if isinstance(e, psycopg2.OperationalError):
             print(f"popug: cannot reach the database: {str(e).strip()}", file=sys.stderr)
             return 1
+        if isinstance(e, psycopg2.ProgrammingError) and "invalid dsn" in str(e):
+            print(f"popug: config: database.dsn: {str(e).strip()}", file=sys.stderr)
+            return 2
         raise
 
 

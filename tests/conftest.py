@@ -35,7 +35,7 @@ _counter = itertools.count(1)
 @pytest.fixture(scope="session")
 def pg():
     """The session's PostgreSQL: (admin DSN, template DSN)."""
-    external = os.environ.get("POPUG_TEST_DSN")  # a server of your own, if you prefer
+    external = os.environ.get("UBERPOPUG_TEST_DSN")  # a server of your own, if you prefer
     if external:
         admin_dsn = external
     else:

@@ -608,3 +608,117 @@ async def test_change_password_keeps_this_session_and_ends_the_others(env):
         "auth", "/api/v1/tokens", json={"username": u.username, "password": "brand-new-pass"}
     )
     assert r.status == 201
+
+
+# --- regressions from the second round of hostile testing ---------------------------
+
+
+@pytest.mark.gen_test
+async def test_a_login_checked_before_a_password_change_gets_no_session(env):
+    from popug.auth import queries
+    from popug.common import sessions
+
+    u = await env.user("worker")
+    checked = await queries.authenticate(
+        env.db, u.username, env.PASSWORD, "1.2.3.4", env.config.auth
+    )
+    await queries.set_password(env.db, u.username, "a-new-password", 4)
+    assert (
+        await sessions.create_session(env.db, u.id, "api", 60, password_hash=checked.password_hash)
+        is None
+    )
+    checked = await queries.authenticate(
+        env.db, u.username, "a-new-password", "1.2.3.4", env.config.auth
+    )
+    await env.db.run("UPDATE core.users SET active = false WHERE id = %s", u.id)
+    assert (
+        await sessions.create_session(env.db, u.id, "api", 60, password_hash=checked.password_hash)
+        is None
+    )
+    assert await env.scalar("SELECT count(*) FROM core.sessions WHERE user_id = %s", u.id) == 0
+
+
+@pytest.mark.gen_test
+async def test_two_admins_demoting_each_other_at_once_leave_one_admin(env):
+    for _ in range(5):
+        a, b = await env.api("admin"), await env.api("admin")
+        ra, rb = await asyncio.gather(
+            a.patch("auth", f"/api/v1/users/{b.user.id}", json={"role": "worker"}),
+            b.patch("auth", f"/api/v1/users/{a.user.id}", json={"role": "worker"}),
+        )
+        assert sorted([ra.status, rb.status]) == [200, 403], (ra, rb)
+        roles = {
+            await env.scalar("SELECT role FROM core.users WHERE id = %s", x.user.id) for x in (a, b)
+        }
+        assert roles == {"admin", "worker"}
+
+
+@pytest.mark.gen_test
+async def test_parallel_correct_logins_are_not_failures(env):
+    u = await env.user("worker")
+    api = Api(env)
+    body = {"username": u.username, "password": env.PASSWORD}
+    results = await asyncio.gather(
+        *[api.post("auth", "/api/v1/tokens", json=body) for _ in range(8)]
+    )
+    assert [r.status for r in results] == [201] * 8
+
+
+@pytest.mark.gen_test
+async def test_password_changes_do_not_count_as_failed_logins(env):
+    b = await env.browser("worker")
+    password = env.PASSWORD
+    for i in range(env.config.auth.throttle_per_user + 2):
+        new = f"password-number-{i}"
+        r = await b.post(
+            "auth",
+            "/password",
+            form={"current_password": password, "new_password": new, "new_password_again": new},
+        )
+        assert r.status == 200 and "Password changed" in r.text, (i, r)
+        password = new
+
+
+@pytest.mark.gen_test
+async def test_throttled_login_form_says_when_to_come_back(env):
+    u = await env.user("worker")
+    b = Browser(env)
+    for _ in range(env.config.auth.throttle_per_user):
+        await b.post("auth", "/login", form={"username": u.username, "password": "wrong-one"})
+    r = await b.post("auth", "/login", form={"username": u.username, "password": env.PASSWORD})
+    assert r.status == 429 and int(r.headers["Retry-After"]) > 0
+    assert "Too many failed logins. Try again in" in r.text
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("evil", ["http://[", "http://[::1", "http://x]/"])
+async def test_login_post_with_a_malformed_return_address_is_400(env, evil):
+    u = await env.user("worker")
+    r = await Browser(env).post(
+        "auth", "/login", form={"username": u.username, "password": env.PASSWORD, "next": evil}
+    )
+    assert r.status == 400 and "not one of UberPopug" in r.text
+    assert "to continue to" not in r.text
+    assert "popug_session" not in r.headers.get("Set-Cookie", "")
+
+
+@pytest.mark.gen_test
+async def test_api_call_without_any_credential_is_401_not_an_xsrf_403(env):
+    r = await Browser(env).request(
+        "POST",
+        Browser(env).url("tracker", "/api/v1/tasks"),
+        json={"title": "x"},
+        xsrf=False,
+        follow=False,
+    )
+    assert r.status == 401 and "Authentication required" in r.json()["error"]
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.gen_test
+async def test_sso_codes_never_reach_the_logs(env, caplog):
+    caplog.set_level("INFO")
+    r = await Browser(env).get("tracker", "/sso/callback?code=SECRET-CODE-123&next=/")
+    assert r.status == 400
+    assert "SECRET-CODE-123" not in caplog.text
+    assert "code=***" in caplog.text

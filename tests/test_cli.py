@@ -338,3 +338,59 @@ def test_set_password_from_stdin_ends_sessions(db_dsn, tmp_path):
     with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT password_hash FROM core.users WHERE username = 'kiwi'")
         assert bcrypt.checkpw(b"fresh-password", cur.fetchone()[0].encode())
+
+
+def test_admin_commands_never_create_a_second_empty_database(tmp_path):
+    for args in (
+        ["create-user", "ops", "--email", "ops@popug.test"],
+        ["set-password", "ops"],
+        ["migrate"],
+        ["dbshell"],
+    ):
+        r = popug("--data-dir", str(tmp_path / "typo"), *args, input="some-password-1\n")
+        assert r.returncode == 1, (args, r.stderr)
+        assert "no database here" in r.stderr
+    assert not (tmp_path / "typo" / "pgdata").exists()
+
+
+def test_options_may_follow_the_command(db_dsn, tmp_path):
+    f = tmp_path / "popug.yaml"
+    f.write_text(f"database:\n  dsn: '{db_dsn}'\n")
+    r = popug("dbshell", "--config", str(f), input="SELECT 'here=' || current_database();\n")
+    assert r.returncode == 0 and "here=popug_test" in r.stdout, r.stderr
+    r = popug("migrate", "--data-dir", str(tmp_path), "--config", str(f))
+    assert r.returncode == 0 and "up to date" in r.stdout
+
+
+def test_malformed_dsn_and_unwritable_data_folder_are_one_line(tmp_path):
+    r = popug("migrate", env={"POPUG_DATABASE__DSN": "garbage"})
+    assert r.returncode == 2 and r.stderr.startswith("popug: config: database.dsn: invalid dsn")
+    assert "Traceback" not in r.stderr
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    r = popug("--data-dir", str(not_a_folder / "var"), "--port", str(free_port()))
+    assert r.returncode == 1 and f"popug: cannot use {not_a_folder}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_set_password_with_a_name_that_is_not_utf8_is_one_line(db_dsn, tmp_path):
+    e = clean_env(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
+    r = subprocess.run(
+        POPUG + ["set-password", b"w3\xff".decode("utf-8", "surrogateescape")],
+        env=e,
+        input="good-password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "username is not valid Unicode text" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run(
+        POPUG + ["set-password", "anyone"],
+        env=e,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "no password given on stdin" in r.stderr

@@ -92,3 +92,27 @@ def test_secret_generated_by_racing_processes_is_one_complete_secret(tmp_path):
         secrets_seen = pool.map(ensure_secret_file, [path] * 32)
     assert len(set(secrets_seen)) == 1 and len(secrets_seen[0]) >= 32
     assert [p.name for p in tmp_path.iterdir()] == ["cookie-secret"]
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        (
+            {"POPUG_HOSTS__AUTH": "uberpopug.localhost"},
+            "hosts.auth: uberpopug.localhost is already the host of landing",
+        ),
+        (
+            {"POPUG_HOSTS__TRACKER": "http://tasks.example.com:80/"},
+            "hosts.tracker: expected a bare host",
+        ),
+        ({"POPUG_DOMAIN": "Popug Test"}, "domain: expected a host name"),
+    ],
+)
+def test_hosts_must_be_bare_names_and_distinct(environ, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, environ=environ)
+    assert message in str(e.value)
+
+
+def test_log_level_is_case_insensitive():
+    assert load_config(None, environ={"POPUG_LOG_LEVEL": "debug"}).log_level == "DEBUG"

@@ -88,3 +88,48 @@ class TestTrackerOnly:
         r = await b.get("tracker", "/")
         # Still redirects to auth's login, which another process serves.
         assert r.status == 404 and r.url.startswith(b.url("auth", "/login"))
+
+
+@pytest.mark.gen_test
+async def test_database_outage_is_a_503_with_retry_after_not_a_500(env, pg):
+    from tests.conftest import admin_connection
+
+    b = await env.browser("worker")
+    admin_dsn, _ = pg
+    dbname = env.config.database.dsn.split("dbname=")[1].split()[0]
+    # Cut every connection of this test's pool, and refuse new ones.
+    with admin_connection(admin_dsn) as cur:
+        cur.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        )
+    try:
+        r = await b.get("tracker", "/")
+        assert r.status == 503, r
+        assert "database is not answering" in r.text and r.headers["Retry-After"] == "5"
+        r = await b.get("tracker", "/api/v1/tasks")
+        assert r.status == 503 and "database is not answering" in r.json()["error"]
+        assert (await b.get("tracker", "/healthz")).status == 503
+    finally:
+        with admin_connection(admin_dsn) as cur:
+            cur.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+    # Back without a restart.
+    assert (await b.get("tracker", "/healthz")).status == 200
+
+
+@pytest.mark.gen_test
+async def test_static_files_and_a_nul_in_their_path(env):
+    b = Browser(env)
+    r = await b.get("tracker", "/static/style.css")
+    assert r.status == 200 and "--accent" in r.text
+    for url in (
+        b.url("tracker", "/static/%00"),
+        b.url("tracker", "/static/style.css%00.css"),
+        f"http://127.0.0.1:{env.port}/static/%00",
+    ):
+        r = await b.request(
+            "GET", url, headers={"Host": "unknown.example"} if "127.0.0.1" in url else None
+        )
+        assert r.status == 404, url

@@ -112,21 +112,27 @@ class LoginHandler(AuthPage):
         username = self.get_argument("username", "")
         try:
             parts = self.check_next(next_url)
-            user = await queries.authenticate(
+        except UserError as e:
+            self.set_status(e.status)
+            self.render("login.html", error=e.message, next_url="", username=username[:64])
+            return
+        try:
+            _, token = await queries.log_in(
                 self.db,
                 username,
                 self.get_argument("password", ""),
                 self.request.remote_ip,
                 self.config.auth,
+                "login",
+                int(self.config.auth.session_hours * 3600),
+                host=self.config.hosts["auth"],
             )
         except UserError as e:
             self.set_status(e.status)
+            for name, value in e.headers.items():
+                self.set_header(name, value)
             self.render("login.html", error=e.message, next_url=next_url, username=username[:64])
             return
-        ttl = int(self.config.auth.session_hours * 3600)
-        token = await sessions.create_session(
-            self.db, user.id, "login", ttl, host=self.config.hosts["auth"]
-        )
         self.set_signed_cookie(
             sessions.SESSION_COOKIE,
             token,
@@ -142,8 +148,10 @@ class LoginHandler(AuthPage):
 
     def render(self, template_name, **kwargs):
         kwargs.setdefault("message", None)
-        next_url = kwargs.get("next_url") or ""
-        kwargs["next_host"] = urllib.parse.urlsplit(next_url).hostname if next_url else None
+        try:
+            kwargs["next_host"] = urllib.parse.urlsplit(kwargs.get("next_url") or "").hostname
+        except ValueError:
+            kwargs["next_host"] = None
         return super().render(template_name, **kwargs)
 
 
@@ -181,6 +189,8 @@ class PasswordHandler(AuthPage):
             )
         except UserError as e:
             self.set_status(e.status)
+            for name, value in e.headers.items():
+                self.set_header(name, value)
             self.render("password.html", error=e.message)
             return
         self.flash("Password changed. Your other sessions were logged out.")
@@ -261,15 +271,16 @@ class TokensApiHandler(ApiHandler):
 
     async def post(self):
         body = self.json_body()
-        user = await queries.authenticate(
+        ttl = int(self.config.auth.token_days * 86400)
+        user, token = await queries.log_in(
             self.db,
             body.get("username"),
             body.get("password"),
             self.request.remote_ip,
             self.config.auth,
+            "api",
+            ttl,
         )
-        ttl = int(self.config.auth.token_days * 86400)
-        token = await sessions.create_session(self.db, user.id, "api", ttl)
         self.write_json(
             {"token": token, "token_type": "Bearer", "expires_in": ttl, "user": user_json(user)},
             status=201,

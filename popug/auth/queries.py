@@ -10,6 +10,7 @@ import secrets
 import bcrypt
 import psycopg2
 
+from popug.common import sessions
 from popug.common.errors import UserError
 from popug.common.web import check_text
 
@@ -154,6 +155,24 @@ async def update_user(db, actor, user_id, role=None, active=None):
             409, "You cannot deactivate yourself or change your own role; ask another admin."
         )
     async with db.transaction() as cur:
+        # Lock the actor and the target (in id order, so two admins acting on
+        # each other queue instead of deadlocking), then check the actor may
+        # still manage users: of two admins demoting each other at once, the
+        # second finds itself demoted.
+        await db.run(
+            "SELECT 1 FROM core.users WHERE id IN (%s, %s) ORDER BY id FOR UPDATE",
+            actor.id,
+            user_id,
+            cur=cur,
+        )
+        allowed = await db.fetch_optional(
+            "SELECT 1 AS yes FROM core.users u JOIN core.role_permissions rp ON rp.role = u.role"
+            " WHERE u.id = %s AND u.active AND rp.permission = 'can_manage_users'",
+            actor.id,
+            cur=cur,
+        )
+        if allowed is None:
+            raise UserError(403, "You are no longer allowed to manage users.")
         user = await db.fetch_one(
             "UPDATE core.users SET role = coalesce(%s, role), active = coalesce(%s, active),"
             f" updated_at = now() WHERE id = %s RETURNING {USER_COLUMNS}",
@@ -178,10 +197,11 @@ async def change_password(db, user, current, new, cost, address, config):
     if not isinstance(current, str) or not isinstance(new, str):
         raise UserError(400, "Enter your current and your new password.")
     validate_password(new)
-    await record_login_attempt(db, user.username, address, config)
+    attempt_id = await record_login_attempt(db, user.username, address, config)
     row = await db.fetch_one("SELECT password_hash FROM core.users WHERE id = %s", user.id)
     if not is_text(current) or not await check_password(current, row.password_hash):
         raise UserError(400, "Your current password is not right.")
+    await db.run("DELETE FROM core.login_failures WHERE id = %s", attempt_id)
     new_hash = await hash_password(new, cost)
     async with db.transaction() as cur:
         await db.run(
@@ -203,6 +223,7 @@ async def change_password(db, user, current, new, cost, address, config):
 
 async def set_password(db, username, new, cost):
     """A sysadmin's reset (CLI): no current password; every session of the user ends."""
+    username = check_text(username, "username", 64, required=True)
     validate_password(new)
     new_hash = await hash_password(new, cost)
     async with db.transaction() as cur:
@@ -286,6 +307,33 @@ async def authenticate(db, username, password, address, config):
         raise UserError(401, "Wrong username or password.")
     await db.run("DELETE FROM core.login_failures WHERE id = %s", attempt_id)
     return user
+
+
+async def log_in(db, username, password, address, config, kind, ttl_s, host=None):
+    """Check the credentials and open a session of `kind`: (user, token), or 401/429.
+
+    Per process, attempts for one username take turns, so a burst of correct
+    logins (a script, a double click) is not counted as a burst of failures.
+    """
+    key = (username or "").strip().lower() if isinstance(username, str) else ""
+    entry = _login_locks.setdefault(key, [asyncio.Lock(), 0])  # [lock, users of it]
+    entry[1] += 1
+    try:
+        async with entry[0]:
+            user = await authenticate(db, username, password, address, config)
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _login_locks[key]
+    token = await sessions.create_session(
+        db, user.id, kind, ttl_s, host=host, password_hash=user.password_hash
+    )
+    if token is None:  # password changed or user deactivated while we checked
+        raise UserError(401, "Wrong username or password.")
+    return user, token
+
+
+_login_locks = {}
 
 
 def is_text(value):

@@ -27,7 +27,7 @@ def common_routes(service):
         (r"/healthz", web.HealthHandler),
         (r"/sso/callback", web.SsoCallbackHandler),
         (r"/logout", web.LogoutHandler),
-        (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+        (r"/static/(.*)", web.StaticHandler, {"path": str(STATIC_DIR)}),
     ]
 
 
@@ -53,6 +53,7 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
         template_path=str(PACKAGE_DIR),
         static_path=str(STATIC_DIR),
         static_handler_args={"path": str(STATIC_DIR)},
+        static_handler_class=web.StaticHandler,
         autoescape="xhtml_escape",
         serve_traceback=False,
         log_function=web.log_request,
@@ -64,7 +65,7 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
         # An unknown host gets the landing page itself (its links are absolute).
         unknown += [
             (r"/", landing.LandingHandler),
-            (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+            (r"/static/(.*)", web.StaticHandler, {"path": str(STATIC_DIR)}),
         ]
     unknown.append((r"/.*", web.UnknownHostHandler))
     app = tornado.web.Application(unknown, **settings)
@@ -77,7 +78,7 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
         if name not in services and host not in {config.hosts[s] for s in services}:
             absent = [
                 (r"/healthz", web.HealthHandler),
-                (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+                (r"/static/(.*)", web.StaticHandler, {"path": str(STATIC_DIR)}),
                 (r"/.*", web.ServiceAbsentHandler, {"name": name, "built": name in BUILT_SERVICES}),
             ]
             app.add_handlers(re.escape(host) + "$", absent)

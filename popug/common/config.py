@@ -7,6 +7,7 @@ POPUG_SERVER__PORT=9000, POPUG_DATABASE__DSN=..., POPUG_DATA_DIR=/srv/popug.
 """
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -79,6 +80,11 @@ DEFAULT_HOST_PREFIX = {
     "replicator": "replicator.",
     "notifier": "notifier.",
 }
+
+
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 class Config(dict):
@@ -189,11 +195,31 @@ def load_config(path=None, environ=None, overrides=None):
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_path(values, dotted.split("."), value, "command line")
+    if isinstance(values.get("log_level"), str):
+        values["log_level"] = values["log_level"].upper()
     config = _check(SCHEMA, values, "")
+    if not HOSTNAME_RE.match(config.domain):
+        raise ConfigError(
+            f"domain: expected a host name such as uberpopug.com, got {config.domain!r}"
+        )
+    config["domain"] = config.domain.lower()
+    seen = {}
     for name in SERVICES:
         if config.hosts[name] is None:
             config.hosts[name] = DEFAULT_HOST_PREFIX[name] + config.domain
-        config.hosts[name] = config.hosts[name].lower()
+        host = config.hosts[name].lower()
+        if not HOSTNAME_RE.match(host):
+            raise ConfigError(
+                f"hosts.{name}: expected a bare host name such as "
+                f"tasks.example.com (no scheme, port or path), got {host!r}"
+            )
+        if host in seen:
+            raise ConfigError(
+                f"hosts.{name}: {host} is already the host of {seen[host]}; "
+                "each service needs its own"
+            )
+        seen[host] = name
+        config.hosts[name] = host
     data_dir = Path(config.data_dir)
     if not data_dir.is_absolute():
         # Relative to where the user runs the command, like any CLI path.

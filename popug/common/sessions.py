@@ -56,21 +56,32 @@ async def load_session_user(db, token, host, bearer=False):
     return row
 
 
-async def create_session(db, user_id, kind, ttl_s, parent_id=None, host=None, cur=None):
-    """Store a new session and return its token (shown once, never stored)."""
+async def create_session(
+    db, user_id, kind, ttl_s, parent_id=None, host=None, cur=None, password_hash=None
+):
+    """Store a new session and return its token (shown once, never stored).
+
+    The user must be active, and with `password_hash` still have that hash:
+    a login whose bcrypt check ran while the password was changed or the
+    user deactivated gets no session (None), instead of one nobody revoked.
+    """
     token = new_token()
-    await db.run(
+    n = await db.run(
         "INSERT INTO core.sessions (token_hash, user_id, kind, parent_id, host, expires_at)"
-        " VALUES (%s, %s, %s, %s, %s, now() + make_interval(secs => %s))",
+        " SELECT %s, u.id, %s, %s, %s, now() + make_interval(secs => %s)"
+        "   FROM core.users u"
+        "  WHERE u.id = %s AND u.active AND (%s::text IS NULL OR u.password_hash = %s)",
         hash_token(token),
-        user_id,
         kind,
         parent_id,
         host,
         ttl_s,
+        user_id,
+        password_hash,
+        password_hash,
         cur=cur,
     )
-    return token
+    return token if n == 1 else None
 
 
 async def revoke_session_family(db, root_session_id):
@@ -119,6 +130,9 @@ async def exchange_sso_code(db, code, host, ttl_s):
             raise UserError(
                 400, "This sign-in link has expired or was already used. Please log in again."
             )
-        return await create_session(
+        token = await create_session(
             db, row.user_id, "service", ttl_s, parent_id=row.session_id, host=host, cur=cur
         )
+        if token is None:
+            raise UserError(400, "This account is not active. Please log in again.")
+        return token

@@ -54,14 +54,36 @@ PERMISSION_TEXT = {
 
 # Requests being served, so a stopping server can let them finish first.
 IN_FLIGHT = set()
+STOPPING = False
 
 
 async def wait_for_requests(timeout):
     """Wait until no request is being served, at most `timeout` seconds; True when drained."""
+    global STOPPING
+    STOPPING = True
     deadline = time.monotonic() + timeout
     while IN_FLIGHT and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return not IN_FLIGHT
+
+
+DATABASE_DOWN = UserError(
+    503,
+    "The database is not answering right now. Please try again in a moment.",
+    headers={"Retry-After": "5"},
+)
+
+
+def database_unavailable(exc):
+    """Is this exception the database being down or unreachable (not a bug of ours)?"""
+    import psycopg2
+
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return True  # connection lost or refused; also a statement timeout (overloaded)
+    # aiopg's pool after close, or an operation past its timeout
+    return isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or (
+        isinstance(exc, RuntimeError) and "closing pool" in str(exc)
+    )
 
 
 class Flash(typing.NamedTuple):
@@ -114,7 +136,7 @@ def log_request(handler):
     else:
         log_method = access_log.error
     r = handler.request
-    uri = SECRET_QUERY.sub(r"\1=***", r.uri) if "code=" in r.uri else r.uri
+    uri = redact(r.uri)
     log_method(
         "%d %s %s%s (%s) %.2fms",
         status,
@@ -127,6 +149,19 @@ def log_request(handler):
 
 
 SECRET_QUERY = re.compile(r"\b(code)=[^&]*")
+
+
+def redact(uri):
+    return SECRET_QUERY.sub(r"\1=***", uri) if "code=" in uri else uri
+
+
+class StaticHandler(tornado.web.StaticFileHandler):
+    """Static files; a path with a NUL byte is simply not there (not a 500)."""
+
+    def parse_url_path(self, url_path):
+        if "\x00" in url_path:
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
 
 
 def to_json(obj):
@@ -180,6 +215,15 @@ class BaseHandler(tornado.web.RequestHandler):
             self.db, token, self.request.host_name, bearer=self.via_bearer
         )
 
+    def set_default_headers(self):
+        if STOPPING:
+            # Draining before a stop: answer, then close the keep-alive connection.
+            self.set_header("Connection", "close")
+
+    def _request_summary(self):
+        # Tornado's warning lines name the request: without SSO codes in them.
+        return f"{self.request.method} {redact(self.request.uri)} ({self.request.remote_ip})"
+
     def on_finish(self):
         IN_FLIGHT.discard(self)
 
@@ -191,6 +235,9 @@ class BaseHandler(tornado.web.RequestHandler):
         # with one cannot be a cross-site forgery; cookie calls need the token.
         if self.bearer_token() is not None:
             return
+        if self.request.path.startswith("/api/") and not self.get_cookie(sessions.SESSION_COOKIE):
+            return  # no credential at all: nothing to forge; the API answers 401
+
         try:
             super().check_xsrf_cookie()
         except tornado.web.HTTPError:
@@ -262,6 +309,25 @@ class BaseHandler(tornado.web.RequestHandler):
     # Where the error page's "back" link goes; None: this host's start page.
     error_back_service = None
 
+    def log_exception(self, typ, value, tb):
+        if database_unavailable(value):
+            log.warning(
+                "%s %s: database unavailable: %s",
+                self.request.method,
+                self.request.uri,
+                str(value).strip()[:200],
+            )
+            return
+        super().log_exception(typ, value, tb)
+
+    def send_error(self, status_code=500, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if database_unavailable(exc):
+            # An outage, not a bug: say so, and when to come back.
+            kwargs["exc_info"] = (UserError, DATABASE_DOWN, None)
+            status_code = 503
+        super().send_error(status_code, **kwargs)
+
     def error_status_message(self, kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         status = self.get_status()
@@ -300,6 +366,7 @@ class ApiHandler(BaseHandler):
     """A JSON API handler: JSON in, JSON out, errors as {"error": ...}."""
 
     def set_default_headers(self):
+        super().set_default_headers()
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
 
@@ -362,8 +429,11 @@ def api_auth_required(method):
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
         if self.current_user is None:
-            self.set_header("WWW-Authenticate", 'Bearer realm="popug"')
-            raise UserError(401, "Authentication required: send 'Authorization: Bearer <token>'")
+            raise UserError(
+                401,
+                "Authentication required: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="popug"'},
+            )
         return await method(self, *args, **kwargs)
 
     return wrapper
