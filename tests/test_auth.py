@@ -563,6 +563,11 @@ async def test_users_form_active_must_be_true_or_false(env):
     assert r.status == 400 and "out of range" in r.text
 
 
+async def change_password(browser, current, new, again):
+    form = {"current_password": current, "new_password": new, "new_password_again": again}
+    return await browser.post("auth", "/password", form=form)
+
+
 @pytest.mark.gen_test
 async def test_change_password_keeps_this_session_and_ends_the_others(env):
     u = await env.user("worker")
@@ -571,35 +576,11 @@ async def test_change_password_keeps_this_session_and_ends_the_others(env):
     elsewhere = Browser(env)
     await elsewhere.login(u.username, env.PASSWORD)
     token = await env.token_for(u.username)
-    r = await here.post(
-        "auth",
-        "/password",
-        form={
-            "current_password": "not-it",
-            "new_password": "brand-new-pass",
-            "new_password_again": "brand-new-pass",
-        },
-    )
+    r = await change_password(here, "not-it", "brand-new-pass", "brand-new-pass")
     assert r.status == 400 and "current password is not right" in r.text
-    r = await here.post(
-        "auth",
-        "/password",
-        form={
-            "current_password": env.PASSWORD,
-            "new_password": "brand-new-pass",
-            "new_password_again": "brand-new-pas",
-        },
-    )
+    r = await change_password(here, env.PASSWORD, "brand-new-pass", "brand-new-pas")
     assert r.status == 400 and "not the same" in r.text
-    r = await here.post(
-        "auth",
-        "/password",
-        form={
-            "current_password": env.PASSWORD,
-            "new_password": "brand-new-pass",
-            "new_password_again": "brand-new-pass",
-        },
-    )
+    r = await change_password(here, env.PASSWORD, "brand-new-pass", "brand-new-pass")
     assert r.status == 200 and "Password changed" in r.text
     assert (await here.get("tracker", "/")).url == here.url("tracker", "/")
     assert (await elsewhere.get("tracker", "/")).url.startswith(here.url("auth", "/login"))
