@@ -254,9 +254,13 @@ class UserHandler(AuthPage):
                 raise
             self.flash(e.message, error=True)
         else:
-            state = "active" if user.active else "deactivated"
-            self.flash(f"{user.username} is now {user.role}, {state}.")
-        self.redirect(self.reverse_url("auth.users"))
+            if active is False:
+                self.flash(f"{user.username} is deactivated and logged out everywhere.")
+            elif active is True:
+                self.flash(f"{user.username} is active again.")
+            else:
+                self.flash(f"{user.username} is now {user.role}.")
+        self.redirect(self.reverse_url("auth.users") + f"#user-{user_id}")
 
 
 # --- API ---------------------------------------------------------------------------

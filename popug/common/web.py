@@ -105,6 +105,19 @@ def parse_id(value, what="id"):
     return n
 
 
+def sentence(message):
+    """A message as a sentence on a page: capital first letter, closing punctuation.
+
+    The API's messages start with the field's name ("title is required");
+    a person reads "Title is required." on a page.
+    """
+    message = (message or "").strip()
+    if not message:
+        return message
+    message = message[0].upper() + message[1:]
+    return message if message[-1] in ".!?)" else message + "."
+
+
 def check_text(value, field, max_len, required=False):
     """A user-typed string: no NUL, within its limit, stripped if required."""
     if value is None:
@@ -282,6 +295,7 @@ class BaseHandler(tornado.web.RequestHandler):
             flash=self.pop_flash(),
             money=lambda d: f"{d:,.2f}",
             when=lambda t: t.strftime("%Y-%m-%d %H:%M %Z") if t else "",
+            sentence=sentence,
         )
         return ns
 
@@ -308,6 +322,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # Where the error page's "back" link goes; None: this host's start page.
     error_back_service = None
+    # The error page's heading; None: the status's usual words.
+    error_title = None
 
     def log_exception(self, typ, value, tb):
         if database_unavailable(value):
@@ -353,7 +369,7 @@ class BaseHandler(tornado.web.RequestHandler):
             "common/templates/error.html",
             back_url=back,
             status=status,
-            title=STATUS_TEXT.get(status, "Error"),
+            title=self.error_title or STATUS_TEXT.get(status, "Error"),
             message=message,
         )
 
@@ -429,11 +445,14 @@ def api_auth_required(method):
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
         if self.current_user is None:
-            raise UserError(
-                401,
-                "Authentication required: send 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": 'Bearer realm="popug"'},
-            )
+            if self.via_bearer:
+                message = (
+                    "This token is not valid (expired, revoked, or its user deactivated). "
+                    "Get a new one from POST /api/v1/tokens on the auth host."
+                )
+            else:
+                message = "Authentication required: send 'Authorization: Bearer <token>'"
+            raise UserError(401, message, headers={"WWW-Authenticate": 'Bearer realm="popug"'})
         return await method(self, *args, **kwargs)
 
     return wrapper
@@ -571,6 +590,8 @@ class ServiceAbsentHandler(NotFoundHandler):
     def initialize(self, name, built):
         self.name = name
         self.built = built
+        if not built:
+            self.error_title = "Coming soon"
 
     def not_found_message(self):
         if self.built:

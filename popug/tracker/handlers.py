@@ -70,8 +70,17 @@ class TasksHandler(TrackerPage):
         before = self.get_argument("before", "")
         before_id = parse_id(before, "before") if before else None
         tasks = await q.list_tasks(self.db, assignee_id, status, PAGE_SIZE + 1, before_id)
+        mine = assignee_id == self.current_user.id
+        if mine and status == "done":
+            page, heading = "done", "My completed tasks"
+        elif mine:
+            page, heading = "mine", "My tasks"
+        else:
+            page, heading = "all", "All tasks"
         self.render(
             "tasks.html",
+            page=page,
+            heading=heading,
             tasks=tasks[:PAGE_SIZE],
             more=len(tasks) > PAGE_SIZE,
             people=await q.list_people(self.db) if self.can("can_view_all_tasks") else [],
@@ -129,11 +138,14 @@ class TaskShuffleHandler(TrackerPage):
     @has_perm("can_shuffle_tasks")
     async def post(self):
         try:
-            n = await q.shuffle_open_tasks(self.db)
+            n, changed = await q.shuffle_open_tasks(self.db)
         except UserError as e:
             self.flash(e.message, error=True)
         else:
-            self.flash(f"Shuffled: {n} open task{'s' if n != 1 else ''} reassigned.")
+            self.flash(
+                f"Shuffled: {n} open task{'s' if n != 1 else ''} reassigned, "
+                f"{changed} to a different popug (each assignment charges its fee)."
+            )
         self.redirect(self.reverse_url("tracker.tasks"))
 
 
@@ -191,4 +203,5 @@ class TaskShuffleApiHandler(ApiHandler):
     @api_auth_required
     @has_perm("can_shuffle_tasks")
     async def post(self):
-        self.write_json({"reassigned": await q.shuffle_open_tasks(self.db)})
+        reassigned, changed = await q.shuffle_open_tasks(self.db)
+        self.write_json({"reassigned": reassigned, "changed_assignee": changed})

@@ -84,7 +84,7 @@ WITH pool AS MATERIALIZED (
 ), size AS (
     SELECT count(*) AS cnt FROM pool
 ), draw AS MATERIALIZED (
-    SELECT t.id, floor(random() * size.cnt)::bigint AS n
+    SELECT t.id, t.assignee_id AS old_assignee_id, floor(random() * size.cnt)::bigint AS n
       FROM core.tasks t CROSS JOIN size
      WHERE t.status = 'open' AND size.cnt > 0
      ORDER BY t.id
@@ -93,13 +93,15 @@ WITH pool AS MATERIALIZED (
     UPDATE core.tasks t SET assignee_id = pool.id, assigned_at = now()
       FROM draw JOIN pool ON pool.n = draw.n
      WHERE t.id = draw.id
-    RETURNING t.id, t.assignee_id, t.assign_fee
+    RETURNING t.id, t.assignee_id, t.assign_fee, draw.old_assignee_id
 ), fees AS (
     INSERT INTO core.ledger (user_id, task_id, kind, amount)
     SELECT assignee_id, id, 'fee', -assign_fee FROM moved
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM fees) AS reassigned, (SELECT cnt FROM size) AS pool_size
+SELECT (SELECT count(*) FROM fees) AS reassigned,
+       (SELECT count(*) FROM moved WHERE assignee_id <> old_assignee_id) AS changed,
+       (SELECT cnt FROM size) AS pool_size
 """
 
 
@@ -109,13 +111,17 @@ SHUFFLE_LOCK = 7_200_000_101
 
 
 async def shuffle_open_tasks(db):
-    """Give every open task a fresh random assignee; returns how many were reassigned."""
+    """Draw a fresh random assignee for every open task.
+
+    Returns (reassigned, changed): how many tasks were drawn for (each charged
+    its fee again), and how many of them went to someone other than before.
+    """
     async with db.transaction() as cur:
         await db.run("SELECT pg_advisory_xact_lock(%s)", SHUFFLE_LOCK, cur=cur)
         row = await db.fetch_one(SHUFFLE_OPEN_TASKS, cur=cur)
     if row.pool_size == 0:
         raise UserError(409, NO_ASSIGNEE)
-    return row.reassigned
+    return row.reassigned, row.changed
 
 
 # The row lock of the UPDATE serialises concurrent completes: the second
