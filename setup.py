@@ -25,6 +25,8 @@ setup(
             # pytest-tornado imports pkg_resources, which setuptools 81 removed.
             "setuptools<81",
             "selenium>=4.20",
+            # a real SMTP server for the notifier tests
+            "aiosmtpd>=1.4",
             "ruff>=0.5",
         ],
     },

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 
-from popug import SERVICES
+from popug import BUILT_SERVICES, SERVICES
 from popug.common.config import ConfigError, default_config_path, ensure_secret_file, load_config
 
 log = logging.getLogger("popug")
@@ -157,7 +157,7 @@ def cmd_serve(args, config):
     import tornado.httpserver
     import tornado.ioloop
 
-    from popug.common.app import BUILT_SERVICES, make_app
+    from popug.common.app import make_app
     from popug.common.db import Database
 
     services = "all" if args.service == "all" else [args.service]
@@ -191,6 +191,7 @@ def cmd_serve(args, config):
     loop = tornado.ioloop.IOLoop.current()
     try:
         db, server = loop.run_sync(start)
+        duties = background_duties(config, db, services)
     except OSError as e:
         print(
             f"popug: cannot listen on {config.server.address}:{config.server.port}: {e.strerror}",
@@ -220,6 +221,8 @@ def cmd_serve(args, config):
         from popug.common.web import IN_FLIGHT, wait_for_requests
 
         server.stop()  # no new connections
+        for duty in duties:
+            await duty.stop()
         if not await wait_for_requests(10):
             log.warning("%d requests still running after 10 s; closing anyway", len(IN_FLIGHT))
         try:
@@ -241,6 +244,22 @@ def cmd_serve(args, config):
     loop.start()
     log.info("stopped")
     return 0
+
+
+def background_duties(config, db, services):
+    """Start the periodic jobs of the services this process runs (notifier delivery, ...)."""
+    import importlib
+
+    names = BUILT_SERVICES if services == "all" else services
+    duties = []
+    for name in names:
+        module = importlib.import_module(f"popug.{name}")
+        make = getattr(module, "background", None)
+        if make is not None:
+            duty = make(config, db)
+            duty.start()
+            duties.append(duty)
+    return duties
 
 
 def cmd_migrate(args, config):

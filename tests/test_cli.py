@@ -394,3 +394,56 @@ def test_set_password_with_a_name_that_is_not_utf8_is_one_line(db_dsn, tmp_path)
         timeout=60,
     )
     assert r.returncode == 1 and "no password given on stdin" in r.stderr
+
+
+def test_a_running_system_delivers_the_assignment_email_into_the_maildir(db_dsn, tmp_path):
+    import bcrypt
+
+    pw = bcrypt.hashpw(b"password123", bcrypt.gensalt(4)).decode()
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO core.users (username, password_hash, role, email) VALUES"
+            " ('boss', %s, 'manager', 'boss@popug.test'),"
+            " ('kiwi', %s, 'worker', 'kiwi@popug.test')",
+            (pw, pw),
+        )
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = clean_env(
+        POPUG_DATABASE__DSN=db_dsn,
+        POPUG_DATA_DIR=str(tmp_path / "var"),
+        POPUG_NOTIFIER__INTERVAL_S="0.2",
+    )
+    proc = start_serve(["--port", str(port)], log, env)
+    try:
+        wait_healthy(port, proc, log)
+
+        def call(host, path, body, token=None):
+            headers = {"Host": host, "Content-Type": "application/json"}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}",
+                method="POST",
+                data=json.dumps(body).encode(),
+                headers=headers,
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.load(resp)
+
+        token = call(
+            "auth.uberpopug.localhost",
+            "/api/v1/tokens",
+            {"username": "boss", "password": "password123"},
+        )["token"]
+        task = call("tasktracker.uberpopug.localhost", "/api/v1/tasks", {"title": "Mail me"}, token)
+        new = tmp_path / "var" / "mail" / "new"
+        deadline = time.time() + 10
+        while time.time() < deadline and not (new.exists() and list(new.iterdir())):
+            time.sleep(0.1)
+        [path] = list(new.iterdir())
+        text = path.read_text()
+        assert "To: kiwi@popug.test" in text and f"New task #{task['id']}: Mail me" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

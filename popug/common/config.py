@@ -69,6 +69,33 @@ SCHEMA = {
         "throttle_per_user": (int, 5, _positive, "failed logins per user per window, > 0"),
         "throttle_per_address": (int, 20, _positive, "failed logins per address per window, > 0"),
     },
+    "notifier": {
+        "transport": (str, "maildir", lambda v: v in ("maildir", "smtp"), "maildir or smtp"),
+        "from_address": (
+            (str, type(None)),
+            None,
+            lambda v: v is None or "@" in v,
+            "an email address, or null for popug@<domain>",
+        ),
+        "admins": (
+            list,
+            [],
+            lambda v: all(isinstance(a, str) and "@" in a for a in v),
+            "a list of email addresses",
+        ),
+        "interval_s": ((int, float), 2, _positive, "seconds > 0"),
+        "batch": (int, 50, _positive, "messages per delivery pass, > 0"),
+        "max_attempts": (int, 6, _positive, "an integer > 0"),
+        "backoff_s": ((int, float), 30, _positive, "seconds > 0 (doubles after each failure)"),
+        "smtp": {
+            "host": (str, "localhost", None, "an SMTP server's host name"),
+            "port": (int, 25, lambda v: 0 < v < 65536, "a TCP port number 1-65535"),
+            "starttls": (bool, False, None, "true to upgrade the connection with STARTTLS"),
+            "username": ((str, type(None)), None, None, "a user name, or null for no login"),
+            "password": ((str, type(None)), None, None, "a password, or null"),
+            "timeout_s": ((int, float), 20, _positive, "seconds > 0 for each SMTP operation"),
+        },
+    },
 }
 
 DEFAULT_HOST_PREFIX = {
@@ -130,7 +157,7 @@ def _check(schema, values, prefix):
             raise ConfigError(f"{name}: expected {expected} ({_type_name(typ)}), got {value!r}")
         if check and not check(value):
             raise ConfigError(f"{name}: expected {expected}, got {value!r}")
-        out[key] = value
+        out[key] = list(value) if isinstance(value, list) else value
     return out
 
 
@@ -163,8 +190,9 @@ def env_overrides(environ):
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
-        # A DSN or secret that happens to look like YAML stays a string.
-        if not isinstance(value, (int, float, bool, type(None))):
+        # A DSN or secret that happens to look like YAML stays a string; a
+        # flow list ("[a@x.com, b@y.com]") is a list.
+        if not isinstance(value, (int, float, bool, type(None), list)):
             value = raw
         yield path, value, var
 
@@ -225,6 +253,8 @@ def load_config(path=None, environ=None, overrides=None):
         # Relative to where the user runs the command, like any CLI path.
         data_dir = Path.cwd() / data_dir
     config["data_dir"] = str(data_dir)
+    if config.notifier.from_address is None:
+        config.notifier["from_address"] = f"UberPopug <popug@{config.domain}>"
     return config
 
 

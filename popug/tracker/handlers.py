@@ -96,7 +96,9 @@ class TasksHandler(TrackerPage):
         description = self.get_argument("description", "").replace("\r\n", "\n")
         try:
             title, description = parse_task_input(title, description)
-            task = await q.create_task(self.db, title, description, self.current_user.id)
+            task = await q.create_task(
+                self.db, title, description, self.current_user.id, self.service_url("tracker")
+            )
         except UserError as e:
             self.set_status(e.status)
             self.render("new.html", error=e.message, title=title, description=description)
@@ -138,7 +140,7 @@ class TaskShuffleHandler(TrackerPage):
     @has_perm("can_shuffle_tasks")
     async def post(self):
         try:
-            n, changed = await q.shuffle_open_tasks(self.db)
+            n, changed = await q.shuffle_open_tasks(self.db, self.service_url("tracker"))
         except UserError as e:
             self.flash(e.message, error=True)
         else:
@@ -179,7 +181,9 @@ class TasksApiHandler(ApiHandler):
         if "title" not in body:
             raise UserError(400, "title is required")
         title, description = parse_task_input(body.get("title"), body.get("description"))
-        task = await q.create_task(self.db, title, description, self.current_user.id)
+        task = await q.create_task(
+            self.db, title, description, self.current_user.id, self.service_url("tracker")
+        )
         self.write_json(q.task_json(task), status=201)
 
 
@@ -203,5 +207,5 @@ class TaskShuffleApiHandler(ApiHandler):
     @api_auth_required
     @has_perm("can_shuffle_tasks")
     async def post(self):
-        reassigned, changed = await q.shuffle_open_tasks(self.db)
+        reassigned, changed = await q.shuffle_open_tasks(self.db, self.service_url("tracker"))
         self.write_json({"reassigned": reassigned, "changed_assignee": changed})

@@ -41,7 +41,7 @@ CREATE_TASK = Prepared(
     "create_task",
     f"""
 WITH assignee AS (
-    SELECT u.id, u.username FROM core.users u JOIN core.roles r ON r.name = u.role
+    SELECT u.id, u.username, u.email FROM core.users u JOIN core.roles r ON r.name = u.role
      WHERE r.assignable AND u.active
      ORDER BY random() LIMIT 1
 ), task AS (
@@ -51,13 +51,25 @@ WITH assignee AS (
 ), fee AS (
     INSERT INTO core.ledger (user_id, task_id, kind, amount, created_at)
     SELECT assignee_id, id, 'fee', -assign_fee, assigned_at FROM task
+), note AS (
+    INSERT INTO core.outbox (kind, recipient, subject, body)
+    SELECT 'task_assigned', a.email, left('New task #' || t.id || ': ' || t.title, 300),
+           'Hello ' || a.username || E',\n\nA task was assigned to you:\n\n#' || t.id || ' '
+           || t.title || E'\n\n'
+           || CASE WHEN t.description <> '' THEN t.description || E'\n\n' ELSE '' END
+           || 'Fee charged now: ' || t.assign_fee
+           || E'\nReward when you complete it: ' || t.reward
+           || E'\n\nYour tasks: ' || %s || E'\n'
+      FROM task t JOIN assignee a ON a.id = t.assignee_id
+     WHERE a.email <> ''
 )
 SELECT {TASK_COLUMNS} FROM task t JOIN assignee a ON a.id = t.assignee_id
 """,
 )
 
 
-async def create_task(db, title, description, created_by):
+async def create_task(db, title, description, created_by, tracker_url):
+    """Create a task for a random popug: its fee in the ledger and an email to them, at once."""
     rows = await db.fetch_all(
         CREATE_TASK,
         title,
@@ -65,6 +77,7 @@ async def create_task(db, title, description, created_by):
         random_price(*ASSIGN_FEE_RANGE),
         random_price(*REWARD_RANGE),
         created_by,
+        tracker_url,
     )
     if not rows:
         raise UserError(409, NO_ASSIGNEE)
@@ -93,11 +106,28 @@ WITH pool AS MATERIALIZED (
     UPDATE core.tasks t SET assignee_id = pool.id, assigned_at = now()
       FROM draw JOIN pool ON pool.n = draw.n
      WHERE t.id = draw.id
-    RETURNING t.id, t.assignee_id, t.assign_fee, draw.old_assignee_id
+    RETURNING t.id, t.title, t.reward, t.assignee_id, t.assign_fee, draw.old_assignee_id
 ), fees AS (
     INSERT INTO core.ledger (user_id, task_id, kind, amount)
     SELECT assignee_id, id, 'fee', -assign_fee FROM moved
     RETURNING 1
+), digest AS (
+    -- One message per popug who got tasks, listing them (the first 50).
+    INSERT INTO core.outbox (kind, recipient, subject, body)
+    SELECT 'shuffle_digest', u.email,
+           'Shuffle: ' || count(*)
+           || CASE WHEN count(*) = 1 THEN ' task is' ELSE ' tasks are' END || ' yours now',
+           'Hello ' || u.username || E',\n\nA manager shuffled the open tasks. These are '
+           || E'assigned to you now; each assignment charged its fee:\n\n'
+           || array_to_string((array_agg('#' || m.id || ' ' || m.title || ' (fee '
+                                         || m.assign_fee || ', reward ' || m.reward || ')'
+                                         ORDER BY m.id))[1:50], E'\n')
+           || CASE WHEN count(*) > 50 THEN E'\n... and ' || (count(*) - 50) || ' more'
+                   ELSE '' END
+           || E'\n\nYour tasks: ' || %s || E'\n'
+      FROM moved m JOIN core.users u ON u.id = m.assignee_id
+     WHERE u.email <> ''
+     GROUP BY u.id, u.email, u.username
 )
 SELECT (SELECT count(*) FROM fees) AS reassigned,
        (SELECT count(*) FROM moved WHERE assignee_id <> old_assignee_id) AS changed,
@@ -110,7 +140,7 @@ SELECT (SELECT count(*) FROM fees) AS reassigned,
 SHUFFLE_LOCK = 7_200_000_101
 
 
-async def shuffle_open_tasks(db):
+async def shuffle_open_tasks(db, tracker_url):
     """Draw a fresh random assignee for every open task.
 
     Returns (reassigned, changed): how many tasks were drawn for (each charged
@@ -118,7 +148,7 @@ async def shuffle_open_tasks(db):
     """
     async with db.transaction() as cur:
         await db.run("SELECT pg_advisory_xact_lock(%s)", SHUFFLE_LOCK, cur=cur)
-        row = await db.fetch_one(SHUFFLE_OPEN_TASKS, cur=cur)
+        row = await db.fetch_one(SHUFFLE_OPEN_TASKS, tracker_url, cur=cur)
     if row.pool_size == 0:
         raise UserError(409, NO_ASSIGNEE)
     return row.reassigned, row.changed

@@ -1,0 +1,82 @@
+"""The notifier's background duty: deliver due outbox rows, every notifier.interval_s."""
+
+import asyncio
+import logging
+
+import tornado.ioloop
+
+from popug.notifier import queries
+from popug.notifier.delivery import build_message, make_transport
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    """Claims due messages, delivers each in a worker thread, records the outcome."""
+
+    def __init__(self, config, db, transport=None):
+        self.config = config
+        self.db = db
+        self.transport = transport or make_transport(config)
+        self.settings = config.notifier
+        # A row is held while its delivery may still be running: every SMTP
+        # step has its own timeout, a message has a handful of them.
+        self.lease_s = int(self.settings.smtp.timeout_s * 6 + 30)
+        self._callback = None
+        self._running = None
+
+    def start(self):
+        self._callback = tornado.ioloop.PeriodicCallback(
+            self._tick, self.settings.interval_s * 1000
+        )
+        self._callback.start()
+        log.info(
+            "notifier: delivering by %s every %ss",
+            self.settings.transport,
+            self.settings.interval_s,
+        )
+
+    async def stop(self, timeout=30):
+        """Stop scheduling; let the pass under way finish its current sends."""
+        if self._callback:
+            self._callback.stop()
+        if self._running and not self._running.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._running), timeout)
+            except TimeoutError:
+                log.warning("notifier: a delivery pass still running after %ss", timeout)
+
+    def _tick(self):
+        if self._running and not self._running.done():
+            return  # the previous pass is still going
+        self._running = asyncio.ensure_future(self._safe_pass())
+
+    async def _safe_pass(self):
+        try:
+            await self.deliver_due()
+        except Exception:  # the next tick tries again; say why this one failed
+            log.exception("notifier: delivery pass failed")
+
+    async def deliver_due(self):
+        """One pass: recover interrupted rows, then deliver what is due. Returns (sent, failed)."""
+        recovered = await queries.recover_interrupted(self.db, self.transport.resend_interrupted)
+        if recovered:
+            log.warning("notifier: %d message(s) were interrupted mid-delivery", recovered)
+        sent = failed = 0
+        rows = await queries.claim_due(self.db, self.settings.batch, self.lease_s)
+        loop = asyncio.get_running_loop()
+        for row in rows:
+            msg = build_message(row, self.settings.from_address, self.config.domain)
+            try:
+                await loop.run_in_executor(None, self.transport.send, msg, row)
+            except Exception as e:  # any delivery failure is recorded on the row
+                failed += 1
+                error = f"{type(e).__name__}: {e}"
+                log.warning("notifier: message %d to %s: %s", row.id, row.recipient, error)
+                await queries.mark_failed_attempt(
+                    self.db, row.id, error, self.settings.max_attempts, self.settings.backoff_s
+                )
+            else:
+                sent += 1
+                await queries.mark_sent(self.db, row.id)
+        return sent, failed
