@@ -27,7 +27,6 @@ CREATE TABLE core.outbox (
 );
 CREATE INDEX outbox_due_idx ON core.outbox (next_attempt_at, id) WHERE state = 'pending';
 CREATE INDEX outbox_sending_idx ON core.outbox (locked_until) WHERE state = 'sending';
-CREATE INDEX outbox_created_idx ON core.outbox (created_at DESC, id DESC);
 
 INSERT INTO core.permissions (name, description) VALUES
     ('can_view_operations', 'See the notifier outbox and the replicator status');

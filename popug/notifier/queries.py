@@ -112,7 +112,7 @@ async def recent_messages(db, state=None, limit=RECENT_LIMIT):
         "SELECT id, kind, recipient, subject, state, attempts, created_at, next_attempt_at,"
         "       sent_at, last_error"
         "  FROM core.outbox WHERE (%s::text IS NULL OR state = %s)"
-        " ORDER BY created_at DESC, id DESC LIMIT %s",
+        " ORDER BY id DESC LIMIT %s",
         state,
         state,
         limit,
