@@ -23,6 +23,7 @@ EPILOG = """commands:
   migrate           apply the sql/ migrations not yet applied, then exit
   create-user NAME  create a user; the password is read from a prompt, or from stdin
   set-password NAME reset a user's password (prompt or stdin); their sessions end
+  replicate         one replication cycle now (--full REPLICA: a full copy; --verify: compare)
   dbshell           psql on the database in use (SQL from stdin when it is not a terminal)
 
 Environment: POPUG_<KEY> overrides a config key, POPUG_<SECTION>__<KEY> a nested one
@@ -87,6 +88,20 @@ def build_parser():
     sp = command("set-password", "reset a user's password (from prompt or stdin)")
     sp.add_argument("username")
     command("dbshell", "open psql on the database in use")
+    rp = command("replicate", "run one replication cycle now, or verify the replicas")
+    rp.add_argument(
+        "--full",
+        metavar="REPLICA",
+        action="append",
+        default=[],
+        help="copy this replica in full (repairs it); may repeat",
+    )
+    rp.add_argument(
+        "--verify",
+        action="store_true",
+        help="bring every replica up to date, then compare each table with the "
+        "master (rows and checksum); exit 1 on a difference",
+    )
     return p
 
 
@@ -340,6 +355,57 @@ def cmd_set_password(args, config):
     return status
 
 
+def cmd_replicate(args, config):
+    from popug.replicator import engine
+    from popug.replicator.service import replicas_from_config
+
+    dsn = prepare_database(config, serving=False)
+    replicas = replicas_from_config(config)
+    unknown = [n for n in args.full if n not in {r.name for r in replicas}]
+    if unknown:
+        print(
+            f"popug: no replica named {unknown[0]!r} (replicas: "
+            f"{', '.join(r.name for r in replicas)})",
+            file=sys.stderr,
+        )
+        return 2
+    status = 0
+    if args.verify:
+        print(f"{'replica':12} {'table':8} {'master rows':>12} {'replica rows':>12}  result")
+        for replica in replicas:
+            try:
+                report = engine.verify(dsn, replica)
+            except engine.Busy:
+                print(f"{replica.name:12} busy: another replicator is running a cycle; try again")
+                status = 1
+                continue
+            for table, m_rows, r_rows, same in report:
+                print(
+                    f"{replica.name:12} {table:8} {m_rows:12} {r_rows:12}  "
+                    f"{'OK' if same else 'DIFFERENT'}"
+                )
+                status = status or (0 if same else 1)
+        return status
+    for replica in replicas:
+        try:
+            result = engine.run_cycle(dsn, replica, full=replica.name in args.full)
+        except engine.Busy:
+            print(f"{replica.name}: busy, another replicator is running a cycle")
+            continue
+        except Exception as e:  # reported per replica; the others still run
+            print(f"{replica.name}: FAILED {engine.describe(e)}", file=sys.stderr)
+            status = 1
+            continue
+        tables = ", ".join(
+            f"{t} {v['rows']} rows ({v['copied']} copied)" for t, v in result.tables.items()
+        )
+        kind = "full copy" if result.full else "incremental"
+        print(
+            f"{replica.name}: version {result.version}, {kind} in {result.seconds:.2f} s: {tables}"
+        )
+    return status
+
+
 def cmd_dbshell(args, config):
     from psycopg2.extensions import make_dsn, parse_dsn
 
@@ -372,6 +438,7 @@ COMMANDS = {
     "create-user": cmd_create_user,
     "set-password": cmd_set_password,
     "dbshell": cmd_dbshell,
+    "replicate": cmd_replicate,
 }
 
 

@@ -69,6 +69,11 @@ SCHEMA = {
         "throttle_per_user": (int, 5, _positive, "failed logins per user per window, > 0"),
         "throttle_per_address": (int, 20, _positive, "failed logins per address per window, > 0"),
     },
+    "replication": {
+        "interval_s": ((int, float), 5, _positive, "seconds > 0 between cycles"),
+        # name -> {schema, dsn (null: the master database), tables: {table: [columns]}}
+        "replicas": ((dict, type(None)), None, None, "a mapping of replica names to settings"),
+    },
     "notifier": {
         "transport": (str, "maildir", lambda v: v in ("maildir", "smtp"), "maildir or smtp"),
         "from_address": (
@@ -122,6 +127,81 @@ class Config(dict):
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+# What a replica may hold: never a password hash, a session or a token
+# (those tables and columns are simply not here).
+REPLICABLE_COLUMNS = {
+    "users": ["id", "username", "role", "email", "active", "created_at", "updated_at"],
+    "tasks": [
+        "id",
+        "title",
+        "description",
+        "status",
+        "assignee_id",
+        "assign_fee",
+        "reward",
+        "created_by",
+        "created_at",
+        "assigned_at",
+        "completed_at",
+    ],
+    "ledger": ["id", "user_id", "task_id", "kind", "amount", "created_at"],
+}
+DEFAULT_REPLICAS = {
+    "accounting": {"schema": "accounting", "dsn": None, "tables": REPLICABLE_COLUMNS},
+    "analytics": {"schema": "analytics", "dsn": None, "tables": REPLICABLE_COLUMNS},
+}
+SCHEMA_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_replicas(value):
+    """replication.replicas, checked and completed (null: the two default replicas)."""
+    if value is None:
+        value = DEFAULT_REPLICAS
+    out = {}
+    for name, spec in value.items():
+        key = f"replication.replicas.{name}"
+        if not isinstance(name, str) or not SCHEMA_NAME_RE.match(name):
+            raise ConfigError(f"{key}: a replica name is lower-case letters, digits and _")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{key}: expected a mapping with schema, dsn and tables")
+        unknown = sorted(set(spec) - {"schema", "dsn", "tables"})
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: unknown key (known keys: schema, dsn, tables)")
+        schema = spec.get("schema", name)
+        if not isinstance(schema, str) or not SCHEMA_NAME_RE.match(schema) or schema == "core":
+            raise ConfigError(
+                f"{key}.schema: expected a schema name other than core, got {schema!r}"
+            )
+        dsn = spec.get("dsn")
+        if dsn is not None and not isinstance(dsn, str):
+            raise ConfigError(f"{key}.dsn: expected a libpq DSN or null")
+        tables = spec.get("tables") or REPLICABLE_COLUMNS
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{key}.tables: expected a mapping of table to column list")
+        checked = {}
+        for table, cols in tables.items():
+            if table not in REPLICABLE_COLUMNS:
+                raise ConfigError(
+                    f"{key}.tables.{table}: not replicable (tables: "
+                    f"{', '.join(REPLICABLE_COLUMNS)})"
+                )
+            cols = REPLICABLE_COLUMNS[table] if cols is None else cols
+            if not isinstance(cols, list) or not cols:
+                raise ConfigError(f"{key}.tables.{table}: expected a list of columns")
+            bad = [c for c in cols if c not in REPLICABLE_COLUMNS[table]]
+            if bad:
+                raise ConfigError(
+                    f"{key}.tables.{table}: column {bad[0]!r} cannot be replicated "
+                    f"(allowed: {', '.join(REPLICABLE_COLUMNS[table])})"
+                )
+            checked[table] = ["id"] + [c for c in cols if c != "id"]
+        out[name] = {"schema": schema, "dsn": dsn, "tables": checked}
+    schemas = [(r["dsn"], r["schema"]) for r in out.values()]
+    if len(set(schemas)) != len(schemas):
+        raise ConfigError("replication.replicas: two replicas share one schema in one database")
+    return out
 
 
 def _type_name(t):
@@ -253,6 +333,7 @@ def load_config(path=None, environ=None, overrides=None):
         # Relative to where the user runs the command, like any CLI path.
         data_dir = Path.cwd() / data_dir
     config["data_dir"] = str(data_dir)
+    config.replication["replicas"] = check_replicas(config.replication.replicas)
     if config.notifier.from_address is None:
         config.notifier["from_address"] = f"UberPopug <popug@{config.domain}>"
     return config

@@ -79,7 +79,9 @@ class Database:
     async def connect(cls, dsn, minsize=1, maxsize=10, timeout=30):
         # aiopg's default operation timeout is 60 s; ours comes from config.
         pool = await aiopg.create_pool(dsn, minsize=minsize, maxsize=maxsize, timeout=timeout)
-        return cls(pool)
+        db = cls(pool)
+        db.dsn = dsn  # for the work that needs a plain psycopg2 connection (COPY)
+        return db
 
     async def close(self):
         self.pool.close()
