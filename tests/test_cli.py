@@ -447,3 +447,78 @@ def test_a_running_system_delivers_the_assignment_email_into_the_maildir(db_dsn,
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_replication_in_a_running_system_and_replicate_verify(db_dsn, tmp_path):
+    import bcrypt
+
+    pw = bcrypt.hashpw(b"password123", bcrypt.gensalt(4)).decode()
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO core.users (username, password_hash, role, email) VALUES"
+            " ('boss', %s, 'manager', 'boss@popug.test'),"
+            " ('kiwi', %s, 'worker', 'kiwi@popug.test')",
+            (pw, pw),
+        )
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = clean_env(
+        POPUG_DATABASE__DSN=db_dsn,
+        POPUG_DATA_DIR=str(tmp_path / "var"),
+        POPUG_REPLICATION__INTERVAL_S="0.5",
+    )
+    proc = start_serve(["--port", str(port)], log, env)
+    try:
+        wait_healthy(port, proc, log)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/tokens",
+            method="POST",
+            data=json.dumps({"username": "boss", "password": "password123"}).encode(),
+            headers={"Host": "auth.uberpopug.localhost", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            token = json.load(resp)["token"]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/tasks",
+            method="POST",
+            data=json.dumps({"title": "Replicate me"}).encode(),
+            headers={
+                "Host": "tasktracker.uberpopug.localhost",
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            task_id = json.load(resp)["id"]
+        # Within one interval (plus the cycle itself), in both replicas.
+        deadline = time.time() + 5
+        found = set()
+        while time.time() < deadline and len(found) < 2:
+            with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+                for schema in ("accounting", "analytics"):
+                    cur.execute("SELECT to_regclass(%s)", (f"{schema}.tasks",))
+                    if cur.fetchone()[0]:
+                        cur.execute(f"SELECT 1 FROM {schema}.tasks WHERE id = %s", (task_id,))
+                        if cur.fetchone():
+                            found.add(schema)
+            time.sleep(0.1)
+        assert found == {"accounting", "analytics"}, log.read_text()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    cli_env = {"POPUG_DATABASE__DSN": db_dsn, "POPUG_DATA_DIR": str(tmp_path / "var")}
+    r = popug("replicate", "--verify", env=cli_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count(" OK") == 6 and "DIFFERENT" not in r.stdout
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE analytics.tasks SET reward = 99.99")
+    r = popug("replicate", "--verify", env=cli_env)
+    assert r.returncode == 1
+    assert [line.split()[:2] for line in r.stdout.splitlines() if "DIFFERENT" in line] == [
+        ["analytics", "tasks"]
+    ]
+    r = popug("replicate", "--full", "analytics", env=cli_env)
+    assert r.returncode == 0 and "analytics: version" in r.stdout and "full copy" in r.stdout
+    assert popug("replicate", "--verify", env=cli_env).returncode == 0
+    r = popug("replicate", "--full", "nope", env=cli_env)
+    assert r.returncode == 2 and "no replica named 'nope'" in r.stderr
