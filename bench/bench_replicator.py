@@ -189,6 +189,11 @@ def main():
         )
     if errors:
         print(f"cycle errors: {errors[:3]}")
+    report = engine.verify(dsn, replica)
+    print(
+        "verify after the writes: "
+        + ", ".join(f"{t} {m:,} rows {'OK' if same else 'DIFFERENT'}" for t, m, _, same in report)
+    )
 
     print()
     print(f"{'figure':38} {'value':>8} {'target':>10}")

@@ -265,6 +265,12 @@ async def test_dropped_replica_alerts_once_is_repaired_and_recovery_is_announced
     assert messages[0].subject == "Replication of accounting is failing"
     sent, failed = await Notifier(env.config, env.db).deliver_due()
     assert (sent, failed) == (2, 0)
+    from tests.test_notifier import mails
+
+    assert [(m["To"], m["Subject"]) for m in mails(env.config)] == [
+        ("root@popug.test", "Replication of accounting is failing"),
+        ("root@popug.test", "Replication of accounting works again"),
+    ]
 
 
 @pytest.mark.gen_test
