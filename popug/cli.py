@@ -375,8 +375,8 @@ def cmd_replicate(args, config):
         for replica in replicas:
             try:
                 report = engine.verify(dsn, replica)
-            except engine.Busy:
-                print(f"{replica.name:12} busy: another replicator is running a cycle; try again")
+            except Exception as e:  # one broken replica must not hide the others' results
+                print(f"{replica.name:12} ERROR {engine.describe(e)}")
                 status = 1
                 continue
             for table, m_rows, r_rows, same in report:
@@ -388,7 +388,7 @@ def cmd_replicate(args, config):
         return status
     for replica in replicas:
         try:
-            result = engine.run_cycle(dsn, replica, full=replica.name in args.full)
+            result = engine.run_cycle(dsn, replica, full=replica.name in args.full, wait=True)
         except engine.Busy:
             print(f"{replica.name}: busy, another replicator is running a cycle")
             continue

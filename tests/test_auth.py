@@ -704,3 +704,17 @@ async def test_sso_codes_never_reach_the_logs(env, caplog):
     assert r.status == 400
     assert "SECRET-CODE-123" not in caplog.text
     assert "code=***" in caplog.text
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "address", ['."‹@é."<', "a(b@x.com", "a<b@x.com", "x@localhost", "two@@x.com"]
+)
+async def test_email_addresses_are_plain_ones(env, address):
+    admin = await env.api("admin")
+    r = await admin.post(
+        "auth",
+        "/api/v1/users",
+        json={"username": "odd", "password": "password123", "role": "worker", "email": address},
+    )
+    assert r.status == 400 and "does not look like an address" in r.json()["error"]

@@ -294,3 +294,52 @@ async def test_admin_alert_goes_to_configured_and_admin_addresses_once(env):
         "boss@popug.test",
         "ops@popug.test",
     ]
+
+
+@pytest.mark.gen_test
+async def test_one_unusable_address_fails_alone(env, smtp_server):
+    manager = await env.api("manager")
+    await env.user("worker", email="fine@popug.test")
+    for i in range(3):
+        await manager.post("tracker", "/api/v1/tasks", json={"title": f"ok {i}"})
+    # An address the database accepts but no email library can use.
+    await env.db.run(
+        "INSERT INTO core.outbox (kind, recipient, subject, body)"
+        " VALUES ('test', %s, 'odd', 'odd')",
+        '."‹@é."<',
+    )
+    notifier = Notifier(smtp_config(env.config, smtp_server.port), env.db)
+    assert await notifier.deliver_due() == (3, 1)
+    assert len(smtp_server.messages) == 3
+    odd = (await env.db.fetch_all("SELECT * FROM core.outbox WHERE kind = 'test'"))[0]
+    assert odd.state == "pending" and odd.attempts == 1 and odd.last_error
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_server_that_never_confirms_the_data_gets_no_second_copy(env):
+    class SlowInbox(Inbox):
+        async def handle_DATA(self, server, session, envelope):
+            await super().handle_DATA(server, session, envelope)
+            await asyncio.sleep(3)  # longer than the client's timeout
+            return "250 OK"
+
+    inbox = SlowInbox()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        manager = await env.api("manager")
+        await env.user("worker")
+        await manager.post("tracker", "/api/v1/tasks", json={"title": "once only"})
+        notifier = Notifier(smtp_config(env.config, port), env.db)
+        assert await notifier.deliver_due() == (0, 1)
+        [row] = await outbox(env)
+        assert row.state == "failed" and "never arrive twice" in row.last_error
+        await env.db.run("UPDATE core.outbox SET next_attempt_at = now()")
+        assert await notifier.deliver_due() == (0, 0)
+        await asyncio.sleep(3.5)
+        assert len(inbox.messages) == 1
+    finally:
+        controller.stop()

@@ -363,3 +363,50 @@ async def test_status_page_is_for_admins(env):
         b = await env.browser(role)
         assert (await b.get("replicator", "/")).status == 403
         assert (await (await env.api(role)).get("replicator", "/api/v1/status")).status == 403
+
+
+@pytest.mark.gen_test
+async def test_a_replica_table_without_its_primary_key_is_reported_then_rebuilt(env):
+    manager, _ = await seed(env, tasks=2)
+    replicator = Replicator(env.config, env.db)
+    await replicator.cycle_all()
+    await env.db.run("ALTER TABLE accounting.tasks DROP CONSTRAINT tasks_pkey")
+    await manager.post("tracker", "/api/v1/tasks", json={"title": "after the damage"})
+    outcome = await replicator.cycle_all()
+    assert "missing or damaged" in outcome["accounting"]
+    outcome = await replicator.cycle_all()
+    assert outcome["accounting"].full
+    assert await rows(env, "SELECT count(*) FROM accounting.tasks") == [(3,)]
+    assert all(same for *_, same in await run(engine.verify, env.db.dsn, replica(env)))
+    versions = [
+        r[0]
+        for r in await rows(
+            env, "SELECT version FROM core.replica_status WHERE name = 'accounting'"
+        )
+    ]
+    assert versions[0] >= 2  # never back to 1 after a repair
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_an_unanswering_replica_server_fails_its_cycle_and_not_the_others(env):
+    import socket as socketlib
+
+    await seed(env, tasks=1)
+    silent = socketlib.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts, never speaks
+    try:
+        cfg = copy.deepcopy(env.config)
+        cfg.replication["replicas"]["far"] = {
+            "schema": "far",
+            "tables": cfg.replication.replicas["accounting"]["tables"],
+            "dsn": f"host=127.0.0.1 port={silent.getsockname()[1]} dbname=x user=x",
+        }
+        replicator = Replicator(cfg, env.db)
+        replicator.replicas.sort(key=lambda r: r.name != "far")  # the silent one first
+        outcome = await replicator.cycle_all()
+        assert "timeout" in outcome["far"].lower()
+        assert not isinstance(outcome["accounting"], str)
+        assert not isinstance(outcome["analytics"], str)
+    finally:
+        silent.close()

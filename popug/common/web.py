@@ -150,6 +150,8 @@ def log_request(handler):
         log_method = access_log.error
     r = handler.request
     uri = redact(r.uri)
+    if len(uri) > 300:
+        uri = uri[:300] + f"...({len(uri)} characters)"
     log_method(
         "%d %s %s%s (%s) %.2fms",
         status,

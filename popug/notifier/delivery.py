@@ -29,6 +29,10 @@ def build_message(row, from_address, domain):
     return msg
 
 
+class AmbiguousDelivery(Exception):
+    """The message went out but the server never confirmed it: it may have it already."""
+
+
 class MaildirTransport:
     """Deliver into <data_dir>/mail/{tmp,new,cur}: one RFC 5322 file per message.
 
@@ -81,7 +85,24 @@ class SmtpTransport:
                 smtp.ehlo()
             if s.username:
                 smtp.login(s.username, s.password or "")
-            smtp.send_message(msg)
+            sender = email.utils.parseaddr(msg["From"])[1]
+            code, reply = smtp.mail(sender)
+            if code != 250:
+                raise smtplib.SMTPSenderRefused(code, reply, sender)
+            code, reply = smtp.rcpt(row.recipient)
+            if code not in (250, 251):
+                raise smtplib.SMTPRecipientsRefused({row.recipient: (code, reply)})
+            try:
+                code, reply = smtp.data(msg.as_bytes(policy=email.policy.SMTP))
+            except (OSError, smtplib.SMTPServerDisconnected) as e:
+                # The whole message was sent (or part of it) and no answer came:
+                # retrying could deliver it twice, which must never happen.
+                raise AmbiguousDelivery(
+                    f"the server did not confirm the message ({type(e).__name__}: {e}); "
+                    "not retried, so that it can never arrive twice"
+                ) from e
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
 
 
 def make_transport(config):

@@ -84,7 +84,17 @@ async def mark_failed_attempt(db, message_id, error, max_attempts, backoff_s):
     )
 
 
-async def recover_interrupted(db, resend):
+async def mark_failed_for_good(db, message_id, error):
+    """No retry: the server may have the message already (it never said)."""
+    await db.run(
+        "UPDATE core.outbox SET state = 'failed', locked_until = NULL, last_error = left(%s, 1000)"
+        " WHERE id = %s AND state = 'sending'",
+        error,
+        message_id,
+    )
+
+
+async def recover_interrupted(db, resend, max_attempts):
     """Rows left 'sending' by a process that died mid-delivery.
 
     Over SMTP we cannot know whether the server accepted the message before
@@ -94,9 +104,13 @@ async def recover_interrupted(db, resend):
     """
     if resend:
         sql = (
-            "UPDATE core.outbox SET state = 'pending', locked_until = NULL, next_attempt_at = now()"
+            "UPDATE core.outbox SET locked_until = NULL, next_attempt_at = now(),"
+            " state = CASE WHEN attempts >= %s THEN 'failed' ELSE 'pending' END,"
+            " last_error = CASE WHEN attempts >= %s THEN 'interrupted on its last attempt'"
+            "                   ELSE last_error END"
             " WHERE state = 'sending' AND locked_until < now()"
         )
+        return await db.run(sql, max_attempts, max_attempts)
     else:
         sql = (
             "UPDATE core.outbox SET state = 'failed', locked_until = NULL,"

@@ -6,7 +6,7 @@ import logging
 import tornado.ioloop
 
 from popug.notifier import queries
-from popug.notifier.delivery import build_message, make_transport
+from popug.notifier.delivery import AmbiguousDelivery, build_message, make_transport
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,22 @@ class Notifier:
 
     async def deliver_due(self):
         """One pass: recover interrupted rows, then deliver what is due. Returns (sent, failed)."""
-        recovered = await queries.recover_interrupted(self.db, self.transport.resend_interrupted)
+        recovered = await queries.recover_interrupted(
+            self.db, self.transport.resend_interrupted, self.settings.max_attempts
+        )
         if recovered:
             log.warning("notifier: %d message(s) were interrupted mid-delivery", recovered)
         sent = failed = 0
         rows = await queries.claim_due(self.db, self.settings.batch, self.lease_s)
         loop = asyncio.get_running_loop()
         for row in rows:
-            msg = build_message(row, self.settings.from_address, self.config.domain)
             try:
+                msg = build_message(row, self.settings.from_address, self.config.domain)
                 await loop.run_in_executor(None, self.transport.send, msg, row)
+            except AmbiguousDelivery as e:
+                failed += 1
+                log.warning("notifier: message %d to %s: %s", row.id, row.recipient, e)
+                await queries.mark_failed_for_good(self.db, row.id, str(e))
             except Exception as e:  # any delivery failure is recorded on the row
                 failed += 1
                 error = f"{type(e).__name__}: {e}"

@@ -66,13 +66,43 @@ class ReplicaDamaged(Exception):
     """The replica lost tables or its state since the last cycle; a full copy repairs it."""
 
 
+# A replica that does not answer must fail its cycle (and raise an alert), not
+# hang it: bounded connect, dead-peer detection, and bounded waits for locks
+# (a repair's DROP TABLE queues readers behind it only this long).
+CONNECT_OPTIONS = dict(
+    connect_timeout=10,
+    keepalives=1,
+    keepalives_idle=10,
+    keepalives_interval=5,
+    keepalives_count=3,
+    options="-c lock_timeout=3000 -c statement_timeout=600000 -c TimeZone=UTC",
+)
+
+
 def connect(dsn):
-    conn = psycopg2.connect(dsn)
-    with conn.cursor() as cur:
-        # One text form of times on both sides (checksums compare text).
-        cur.execute("SET TimeZone = 'UTC'")
-    conn.commit()
-    return conn
+    # TimeZone UTC: one text form of times on both sides (checksums compare text).
+    return psycopg2.connect(dsn, **CONNECT_OPTIONS)
+
+
+def take_cycle_lock(master_dsn, wait):
+    """The cross-process "one cycle at a time" lock, on a connection of its own.
+
+    Taken before the cycle's snapshot, so a cycle that waited for it still
+    reads the newest data. Closing the connection releases it (even if the
+    process dies). Raises Busy when not waiting and another cycle runs.
+    """
+    lock = connect(master_dsn)
+    lock.autocommit = True
+    with lock.cursor() as cur:
+        if wait:
+            cur.execute("SET statement_timeout = '120s'")
+            cur.execute("SELECT pg_advisory_lock(%s)", (CYCLE_LOCK,))
+        else:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (CYCLE_LOCK,))
+            if not cur.fetchone()[0]:
+                lock.close()
+                raise Busy("another replicator is running a cycle")
+    return lock
 
 
 def master_columns(cur, table):
@@ -83,6 +113,25 @@ def master_columns(cur, table):
         (f"core.{table}",),
     )
     return dict(cur.fetchall())
+
+
+def replica_has_primary_key(cur, schema, table):
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+        "  JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a"
+        "    ON a.attrelid = c.oid AND a.attnum = i.indkey[0]"
+        " WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary AND i.indnatts = 1"
+        "   AND a.attname = 'id')",
+        (schema, table),
+    )
+    return cur.fetchone()[0]
+
+
+def replica_intact(cur, schema, table, expected):
+    """Same columns and types as the master's, and the primary key the upserts need."""
+    return replica_columns(cur, schema, table) == expected and replica_has_primary_key(
+        cur, schema, table
+    )
 
 
 def replica_columns(cur, schema, table):
@@ -149,7 +198,7 @@ def create_replica_table(rc, schema, table, cols, types):
 def copy_full(mc, rc, schema, table, cols, types):
     """Replace the replica's table with the master's rows (create or repair it first)."""
     expected = [(c, types[c]) for c in cols]
-    if replica_columns(rc, schema, table) != expected:
+    if not replica_intact(rc, schema, table, expected):
         create_replica_table(rc, schema, table, cols, types)
     else:
         rc.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, table)))
@@ -201,7 +250,14 @@ def copy_changes(mc, rc, schema, table, cols, prev_snapshot, rows_before):
 
 
 def run_cycle(
-    master_dsn, replica, full=False, master=None, after_copy=None, known_version=0, repair=True
+    master_dsn,
+    replica,
+    full=False,
+    master=None,
+    after_copy=None,
+    known_version=0,
+    repair=True,
+    wait=False,
 ):
     """Bring one replica to a new master snapshot. Raises Busy when another cycle runs.
 
@@ -212,34 +268,35 @@ def run_cycle(
     tables get a full copy.
     `master`: an open REPEATABLE READ connection to reuse (verify compares in
     the same snapshot afterwards). `after_copy(rc)` runs in the replica's
-    transaction before it commits.
+    transaction before it commits. `wait`: wait for a running cycle to end.
     """
     started = time.monotonic()
+    lock = take_cycle_lock(master_dsn, wait)
     own_master = master is None
-    m = master or connect(master_dsn)
-    r = connect(replica.dsn) if replica.dsn else connect(master_dsn)
+    try:
+        m = master or connect(master_dsn)
+        r = connect(replica.dsn) if replica.dsn else connect(master_dsn)
+    except BaseException:
+        lock.close()
+        raise
     try:
         if own_master:
             m.set_session(isolation_level=ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
         with m.cursor() as mc, r.cursor() as rc:
             # The first statement fixes the snapshot every COPY of this cycle reads.
-            mc.execute(
-                "SELECT pg_try_advisory_xact_lock(%s), pg_current_snapshot()::text, now()",
-                (CYCLE_LOCK,),
-            )
-            locked, snapshot, snapshot_at = mc.fetchone()
-            if not locked:
-                raise Busy(replica.name)
+            mc.execute("SELECT pg_current_snapshot()::text, now()")
+            snapshot, snapshot_at = mc.fetchone()
             ensure_state_table(rc, replica.schema)
             state = read_state(rc, replica.schema)
-            version = max((s["version"] for s in state.values()), default=0) + 1
+            # Versions only go forward, even when the replica lost its state.
+            version = max([known_version] + [s["version"] for s in state.values()]) + 1
             result = CycleResult(replica.name, version, snapshot_at, full)
             moved = False
             for table, cols in replica.tables.items():
                 types = master_columns(mc, table)
                 prev = state.get(table)
                 expected = [(c, types[c]) for c in cols]
-                intact = prev is not None and replica_columns(rc, replica.schema, table) == expected
+                intact = prev is not None and replica_intact(rc, replica.schema, table, expected)
                 if not intact and known_version > 0 and not repair and not full:
                     raise ReplicaDamaged(
                         f"replica {replica.name}: table {replica.schema}.{table} is missing or "
@@ -291,6 +348,7 @@ def run_cycle(
         if own_master:
             m.rollback()
             m.close()
+        lock.close()
 
 
 def checksum_sql(schema, table, cols):
@@ -321,7 +379,7 @@ def verify(master_dsn, replica):
                 report.append((table, m_rows, r_rows, m_rows == r_rows and m_sum == r_sum))
 
     try:
-        run_cycle(master_dsn, replica, master=m, after_copy=compare)
+        run_cycle(master_dsn, replica, master=m, after_copy=compare, wait=True)
     finally:
         m.rollback()
         m.close()
