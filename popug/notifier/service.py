@@ -3,18 +3,20 @@
 import asyncio
 import logging
 
-import tornado.ioloop
-
+from popug.common.duty import PeriodicDuty
 from popug.notifier import queries
 from popug.notifier.delivery import AmbiguousDelivery, build_message, make_transport
 
 log = logging.getLogger(__name__)
 
 
-class Notifier:
+class Notifier(PeriodicDuty):
     """Claims due messages, delivers each in a worker thread, records the outcome."""
 
+    name = "notifier"
+
     def __init__(self, config, db, transport=None):
+        super().__init__()
         self.config = config
         self.db = db
         self.transport = transport or make_transport(config)
@@ -22,40 +24,12 @@ class Notifier:
         # A row is held while its delivery may still be running: every SMTP
         # step has its own timeout, a message has a handful of them.
         self.lease_s = int(self.settings.smtp.timeout_s * 6 + 30)
-        self._callback = None
-        self._running = None
 
-    def start(self):
-        self._callback = tornado.ioloop.PeriodicCallback(
-            self._tick, self.settings.interval_s * 1000
-        )
-        self._callback.start()
-        log.info(
-            "notifier: delivering by %s every %ss",
-            self.settings.transport,
-            self.settings.interval_s,
-        )
+    def interval_s(self):
+        return self.settings.interval_s
 
-    async def stop(self, timeout=30):
-        """Stop scheduling; let the pass under way finish its current sends."""
-        if self._callback:
-            self._callback.stop()
-        if self._running and not self._running.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._running), timeout)
-            except TimeoutError:
-                log.warning("notifier: a delivery pass still running after %ss", timeout)
-
-    def _tick(self):
-        if self._running and not self._running.done():
-            return  # the previous pass is still going
-        self._running = asyncio.ensure_future(self._safe_pass())
-
-    async def _safe_pass(self):
-        try:
-            await self.deliver_due()
-        except Exception:  # the next tick tries again; say why this one failed
-            log.exception("notifier: delivery pass failed")
+    async def run_once(self):
+        await self.deliver_due()
 
     async def deliver_due(self):
         """One pass: recover interrupted rows, then deliver what is due. Returns (sent, failed)."""

@@ -12,8 +12,7 @@ import functools
 import json
 import logging
 
-import tornado.ioloop
-
+from popug.common.duty import PeriodicDuty
 from popug.notifier.queries import queue_admin_alert
 from popug.replicator import engine
 
@@ -120,47 +119,23 @@ async def replica_statuses(db, config):
     return out
 
 
-class Replicator:
+class Replicator(PeriodicDuty):
     """Runs a cycle for every replica each interval; one cycle at a time."""
 
+    name = "replicator"
+    stop_timeout_s = 60  # a cycle under way finishes (or rolls back) first
+
     def __init__(self, config, db):
+        super().__init__()
         self.config = config
         self.db = db
         self.replicas = replicas_from_config(config)
-        self._callback = None
-        self._running = None
 
-    def start(self):
-        self._callback = tornado.ioloop.PeriodicCallback(
-            self._tick, self.config.replication.interval_s * 1000
-        )
-        self._callback.start()
-        log.info(
-            "replicator: %d replica(s) every %ss",
-            len(self.replicas),
-            self.config.replication.interval_s,
-        )
+    def interval_s(self):
+        return self.config.replication.interval_s
 
-    async def stop(self, timeout=60):
-        """Stop scheduling; a cycle under way finishes (or rolls back) first."""
-        if self._callback:
-            self._callback.stop()
-        if self._running and not self._running.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._running), timeout)
-            except TimeoutError:
-                log.warning("replicator: a cycle still running after %ss", timeout)
-
-    def _tick(self):
-        if self._running and not self._running.done():
-            return
-        self._running = asyncio.ensure_future(self._safe_cycle())
-
-    async def _safe_cycle(self):
-        try:
-            await self.cycle_all()
-        except Exception:
-            log.exception("replicator: cycle bookkeeping failed")
+    async def run_once(self):
+        await self.cycle_all()
 
     async def cycle_all(self, full=()):
         """One cycle for every replica; returns {name: CycleResult or error text}."""

@@ -1,0 +1,55 @@
+"""A background duty: one coroutine run every N seconds on the IOLoop, never two at once."""
+
+import asyncio
+import logging
+
+import tornado.ioloop
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicDuty:
+    """Subclasses set `name` and implement `run_once()` and `interval_s()`.
+
+    A pass that is still running when the next tick comes is not doubled; a
+    failing pass is logged and the next tick tries again; stop() lets the
+    pass under way finish (bounded) so a SIGTERM never cuts one in half.
+    """
+
+    name = "duty"
+    stop_timeout_s = 30
+
+    def __init__(self):
+        self._callback = None
+        self._running = None
+
+    def interval_s(self):
+        raise NotImplementedError
+
+    async def run_once(self):
+        raise NotImplementedError
+
+    def start(self):
+        self._callback = tornado.ioloop.PeriodicCallback(self._tick, self.interval_s() * 1000)
+        self._callback.start()
+        log.info("%s: running every %ss", self.name, self.interval_s())
+
+    async def stop(self):
+        if self._callback:
+            self._callback.stop()
+        if self._running and not self._running.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._running), self.stop_timeout_s)
+            except TimeoutError:
+                log.warning("%s: a pass still running after %ss", self.name, self.stop_timeout_s)
+
+    def _tick(self):
+        if self._running and not self._running.done():
+            return  # the previous pass is still going
+        self._running = asyncio.ensure_future(self._safe_pass())
+
+    async def _safe_pass(self):
+        try:
+            await self.run_once()
+        except Exception:  # the next tick tries again; say why this one failed
+            log.exception("%s: pass failed", self.name)
