@@ -6,6 +6,7 @@ from popug.auth import queries
 from popug.common import sessions
 from popug.common.errors import UserError
 from popug.common.web import (
+    DEFAULT_PORTS,
     ApiHandler,
     PageHandler,
     api_auth_required,
@@ -51,25 +52,18 @@ class AuthPage(PageHandler):
             port = parts.port
         except ValueError:
             raise refuse from None
-        host = (parts.hostname or "").lower()
-        services = {h: name for name, h in self.config.hosts.items()}
+        service = self.service_of_host((parts.hostname or "").lower())
         if (
             parts.scheme != self.request.protocol
             or "@" in parts.netloc
-            or host not in services
+            or service is None
             or (port or DEFAULT_PORTS[parts.scheme]) != self.request_port()
         ):
             raise refuse
         path = parts.path or "/"
         if not path.startswith("/") or path.startswith("//"):
             raise refuse
-        return services[host], path + ("?" + parts.query if parts.query else "")
-
-    def request_port(self):
-        _, _, port = self.request.host.rpartition(":")
-        if ":" in self.request.host and port.isdigit():
-            return int(port)
-        return DEFAULT_PORTS[self.request.protocol]
+        return service, path + ("?" + parts.query if parts.query else "")
 
     async def redirect_after_login(self, target):
         if target is None:
@@ -87,9 +81,6 @@ class AuthPage(PageHandler):
         self.redirect(self.service_url(service, "/sso/callback?" + query))
 
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
 class LoginHandler(AuthPage):
     """/login?next=URL: the one login page; already logged in -> straight back with a code."""
 
@@ -98,7 +89,7 @@ class LoginHandler(AuthPage):
         try:
             parts = self.check_next(next_url)
         except UserError as e:
-            self.set_status(e.status)
+            self.set_error_status(e)
             self.render("login.html", error=e.message, next_url="", username="")
             return
         if self.current_user is not None and self.current_user.kind == "login":
@@ -113,7 +104,7 @@ class LoginHandler(AuthPage):
         try:
             parts = self.check_next(next_url)
         except UserError as e:
-            self.set_status(e.status)
+            self.set_error_status(e)
             self.render("login.html", error=e.message, next_url="", username=username[:64])
             return
         try:
@@ -128,9 +119,7 @@ class LoginHandler(AuthPage):
                 host=self.config.hosts["auth"],
             )
         except UserError as e:
-            self.set_status(e.status)
-            for name, value in e.headers.items():
-                self.set_header(name, value)
+            self.set_error_status(e)
             self.render("login.html", error=e.message, next_url=next_url, username=username[:64])
             return
         self.set_signed_cookie(
@@ -188,9 +177,7 @@ class PasswordHandler(AuthPage):
                 self.config.auth,
             )
         except UserError as e:
-            self.set_status(e.status)
-            for name, value in e.headers.items():
-                self.set_header(name, value)
+            self.set_error_status(e)
             self.render("password.html", error=e.message)
             return
         self.flash("Password changed. Your other sessions were logged out.")

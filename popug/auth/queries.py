@@ -12,7 +12,7 @@ import psycopg2
 
 from popug.common import sessions
 from popug.common.errors import UserError
-from popug.common.web import check_text
+from popug.common.web import check_text, is_text
 
 log = logging.getLogger(__name__)
 
@@ -339,17 +339,6 @@ async def log_in(db, username, password, address, config, kind, ttl_s, host=None
 
 
 _login_locks = {}
-
-
-def is_text(value):
-    """A string PostgreSQL can store: no NUL, no lone surrogates."""
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # --- the first admin, synchronously at start ----------------------------------------

@@ -16,6 +16,9 @@ from popug import BUILT_SERVICES, PACKAGE_DIR
 from popug.common import web
 
 STATIC_DIR = PACKAGE_DIR / "common" / "static"
+# Every host group serves the static files itself: a group's catch-all 404
+# would otherwise answer for them.
+STATIC_ROUTE = (r"/static/(.*)", web.StaticHandler, {"path": str(STATIC_DIR)})
 
 
 class ServiceNotBuilt(Exception):
@@ -27,7 +30,7 @@ def common_routes(service):
         (r"/healthz", web.HealthHandler),
         (r"/sso/callback", web.SsoCallbackHandler),
         (r"/logout", web.LogoutHandler),
-        (r"/static/(.*)", web.StaticHandler, {"path": str(STATIC_DIR)}),
+        STATIC_ROUTE,
     ]
 
 
@@ -65,7 +68,7 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
         # An unknown host gets the landing page itself (its links are absolute).
         unknown += [
             (r"/", landing.LandingHandler),
-            (r"/static/(.*)", web.StaticHandler, {"path": str(STATIC_DIR)}),
+            STATIC_ROUTE,
         ]
     unknown.append((r"/.*", web.UnknownHostHandler))
     app = tornado.web.Application(unknown, **settings)
@@ -78,7 +81,7 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
         if name not in services and host not in {config.hosts[s] for s in services}:
             absent = [
                 (r"/healthz", web.HealthHandler),
-                (r"/static/(.*)", web.StaticHandler, {"path": str(STATIC_DIR)}),
+                STATIC_ROUTE,
                 (r"/.*", web.ServiceAbsentHandler, {"name": name, "built": name in BUILT_SERVICES}),
             ]
             app.add_handlers(re.escape(host) + "$", absent)

@@ -28,6 +28,7 @@ from popug.common.errors import UserError
 log = logging.getLogger(__name__)
 
 MAX_BIGINT = 2**63 - 1
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 STATUS_TEXT = {
     400: "That request could not be used",
@@ -116,6 +117,17 @@ def sentence(message):
         return message
     message = message[0].upper() + message[1:]
     return message if message[-1] in ".!?)" else message + "."
+
+
+def is_text(value):
+    """A string PostgreSQL can store: no NUL, no lone surrogates."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_text(value, field, max_len, required=False):
@@ -273,10 +285,26 @@ class BaseHandler(tornado.web.RequestHandler):
             what = PERMISSION_TEXT.get(permission, f"do this (it needs {permission})")
             raise UserError(403, f"Your role ({self.current_user.role}) is not allowed to {what}.")
 
+    def explicit_port(self):
+        """The port in the request's Host header, or None when it names none."""
+        _, sep, port = self.request.host.rpartition(":")
+        return int(port) if sep and port.isdigit() else None
+
+    def request_port(self):
+        """The port the client used to reach us (the scheme's default when not explicit)."""
+        return self.explicit_port() or DEFAULT_PORTS[self.request.protocol]
+
+    def service_of_host(self, host):
+        """The configured service whose host this is, or None."""
+        for name, h in self.config.hosts.items():
+            if h == host:
+                return name
+        return None
+
     def host_url(self, service):
         """Scheme://host[:port] of a service, with the port the client used to reach us."""
-        _, _, port = self.request.host.rpartition(":")
-        suffix = f":{port}" if port.isdigit() and ":" in self.request.host else ""
+        port = self.explicit_port()
+        suffix = f":{port}" if port else ""
         return f"{self.request.protocol}://{self.config.hosts[service]}{suffix}"
 
     def service_url(self, service, path="/"):
@@ -346,12 +374,17 @@ class BaseHandler(tornado.web.RequestHandler):
             status_code = 503
         super().send_error(status_code, **kwargs)
 
+    def set_error_status(self, error):
+        """Status and headers (Retry-After, WWW-Authenticate) of a UserError."""
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+
     def error_status_message(self, kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         status = self.get_status()
         if isinstance(exc, UserError):
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
+            self.set_error_status(exc)
             return exc.status, exc.message
         if isinstance(exc, tornado.web.HTTPError) and status < 500:
             message = exc.log_message if exc.log_message and status != 404 else None
@@ -525,15 +558,9 @@ class LogoutHandler(PageHandler):
             await sessions.revoke_session_family(self.db, user.root_session_id)
         self.clear_cookie(sessions.SESSION_COOKIE)
         # Logging in again from that page brings the popug back where they were.
-        back = url_escape(self.host_url(self.service_of_host()) + "/")
+        here = self.service_of_host(self.request.host_name) or "landing"
+        back = url_escape(self.host_url(here) + "/")
         self.redirect(self.service_url("auth", f"/login?logged_out=1&next={back}"))
-
-    def service_of_host(self):
-        host = self.request.host_name
-        for name, h in self.config.hosts.items():
-            if h == host:
-                return name
-        return "landing"
 
 
 class HealthHandler(BaseHandler):

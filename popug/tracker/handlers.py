@@ -100,7 +100,7 @@ class TasksHandler(TrackerPage):
                 self.db, title, description, self.current_user.id, self.service_url("tracker")
             )
         except UserError as e:
-            self.set_status(e.status)
+            self.set_error_status(e)
             self.render("new.html", error=e.message, title=title, description=description)
             return
         self.flash(f"Created task #{task.id}, assigned to {task.assignee_username}.")
