@@ -389,9 +389,6 @@ def cmd_replicate(args, config):
     for replica in replicas:
         try:
             result = engine.run_cycle(dsn, replica, full=replica.name in args.full, wait=True)
-        except engine.Busy:
-            print(f"{replica.name}: busy, another replicator is running a cycle")
-            continue
         except Exception as e:  # reported per replica; the others still run
             print(f"{replica.name}: FAILED {engine.describe(e)}", file=sys.stderr)
             status = 1

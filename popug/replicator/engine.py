@@ -55,7 +55,6 @@ class CycleResult:
     full: bool
     tables: dict = field(default_factory=dict)  # table -> {"rows", "copied", "full"}
     seconds: float = 0.0
-    skipped: bool = False  # another process holds the cycle lock
 
 
 class Busy(Exception):
@@ -106,13 +105,8 @@ def take_cycle_lock(master_dsn, wait):
 
 
 def master_columns(cur, table):
-    cur.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod)"
-        "  FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0"
-        "   AND NOT a.attisdropped ORDER BY a.attnum",
-        (f"core.{table}",),
-    )
-    return dict(cur.fetchall())
+    """{column: type} of core.<table>."""
+    return dict(table_columns(cur, "core", table))
 
 
 def replica_has_primary_key(cur, schema, table):
@@ -129,12 +123,13 @@ def replica_has_primary_key(cur, schema, table):
 
 def replica_intact(cur, schema, table, expected):
     """Same columns and types as the master's, and the primary key the upserts need."""
-    return replica_columns(cur, schema, table) == expected and replica_has_primary_key(
+    return table_columns(cur, schema, table) == expected and replica_has_primary_key(
         cur, schema, table
     )
 
 
-def replica_columns(cur, schema, table):
+def table_columns(cur, schema, table):
+    """[(column, type)] of schema.table in column order; [] when it does not exist."""
     cur.execute(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod)"
         "  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
@@ -195,10 +190,12 @@ def create_replica_table(rc, schema, table, cols, types):
     )
 
 
-def copy_full(mc, rc, schema, table, cols, types):
-    """Replace the replica's table with the master's rows (create or repair it first)."""
-    expected = [(c, types[c]) for c in cols]
-    if not replica_intact(rc, schema, table, expected):
+def copy_full(mc, rc, schema, table, cols, types, shape_ok):
+    """Replace the replica's table with the master's rows (create or repair it first).
+
+    shape_ok: replica_intact() of the table, as the cycle found it.
+    """
+    if not shape_ok:
         create_replica_table(rc, schema, table, cols, types)
     else:
         rc.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, table)))
@@ -296,7 +293,8 @@ def run_cycle(
                 types = master_columns(mc, table)
                 prev = state.get(table)
                 expected = [(c, types[c]) for c in cols]
-                intact = prev is not None and replica_intact(rc, replica.schema, table, expected)
+                shape_ok = replica_intact(rc, replica.schema, table, expected)
+                intact = prev is not None and shape_ok
                 if not intact and known_version > 0 and not repair and not full:
                     raise ReplicaDamaged(
                         f"replica {replica.name}: table {replica.schema}.{table} is missing or "
@@ -304,14 +302,15 @@ def run_cycle(
                         "full copy"
                     )
                 if full or not intact:
-                    copied, rows = copy_full(mc, rc, replica.schema, table, cols, types)
+                    copied, rows = copy_full(mc, rc, replica.schema, table, cols, types, shape_ok)
                     table_full = True
                 else:
                     copied, rows = copy_changes(
                         mc, rc, replica.schema, table, cols, prev["snapshot"], prev["rows"]
                     )
                     table_full = False
-                moved = moved or copied > 0 or table_full
+                changed = copied > 0 or table_full
+                moved = moved or changed
                 result.tables[table] = {"rows": rows, "copied": copied, "full": table_full}
                 rc.execute(
                     sql.SQL(
@@ -328,8 +327,8 @@ def run_cycle(
                         snapshot,
                         snapshot_at,
                         rows,
-                        copied > 0 or table_full,
-                        copied > 0 or table_full,
+                        changed,
+                        changed,
                     ),
                 )
             if not moved:
