@@ -94,6 +94,19 @@ async def test_login_refuses_foreign_return_addresses(env):
     assert "popug_session" not in b.cookies.get(env.config.hosts["auth"], {})
 
 
+async def callback_with_next(browser, next_path):
+    """A fresh SSO code for the tracker, redeemed by hand with `next_path` (no redirects)."""
+    r = await browser.get(
+        "auth", "/login?next=" + urllib.parse.quote(browser.url("tracker", "/")), follow=False
+    )
+    code = urllib.parse.parse_qs(urllib.parse.urlsplit(r.location).query)["code"][0]
+    return await browser.get(
+        "tracker",
+        "/sso/callback?code=" + code + "&next=" + urllib.parse.quote(next_path),
+        follow=False,
+    )
+
+
 @pytest.mark.gen_test
 async def test_callback_next_cannot_leave_the_host(env):
     u = await env.user("worker")
@@ -104,15 +117,7 @@ async def test_callback_next_cannot_leave_the_host(env):
     assert r.status == 403 and r.url == b.url("tracker", "/tasks")  # a worker may not list all
     # A hand-made callback with an evil next lands on / of this host.
     for evil in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
-        r = await b.get(
-            "auth", "/login?next=" + urllib.parse.quote(b.url("tracker", "/")), follow=False
-        )
-        code = urllib.parse.parse_qs(urllib.parse.urlsplit(r.location).query)["code"][0]
-        r = await b.get(
-            "tracker",
-            "/sso/callback?code=" + code + "&next=" + urllib.parse.quote(evil),
-            follow=False,
-        )
+        r = await callback_with_next(b, evil)
         assert r.status == 302 and r.location == "/", evil
 
 
@@ -461,15 +466,7 @@ async def test_callback_next_with_control_characters_stays_home(env):
     b = Browser(env)
     await b.login(u.username, env.PASSWORD)
     for evil in ("/ok\r\nX: y", "/ok\x0b", "/\x0b//evil.com"):
-        r = await b.get(
-            "auth", "/login?next=" + urllib.parse.quote(b.url("tracker", "/")), follow=False
-        )
-        code = urllib.parse.parse_qs(urllib.parse.urlsplit(r.location).query)["code"][0]
-        r = await b.get(
-            "tracker",
-            "/sso/callback?code=" + code + "&next=" + urllib.parse.quote(evil),
-            follow=False,
-        )
+        r = await callback_with_next(b, evil)
         loc = r.location
         assert r.status == 302 and loc.startswith("/") and not loc.startswith("//"), evil
         assert all(ord(c) >= 0x20 for c in loc) and "evil" not in loc, evil

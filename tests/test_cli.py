@@ -164,6 +164,41 @@ def wait_gone(pid, timeout=10):
     return not _alive(pid)
 
 
+def post_json(port, service, path, body, token=None):
+    """POST JSON to bin/popug on `port` as the service's host; the decoded answer."""
+    headers = {"Host": f"{service}.uberpopug.localhost", "Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method="POST",
+        data=json.dumps(body).encode(),
+        headers=headers,
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def seed_boss_and_kiwi(db_dsn):
+    """A manager 'boss' and a worker 'kiwi', password 'password123', straight into the DB."""
+    import bcrypt
+
+    pw = bcrypt.hashpw(b"password123", bcrypt.gensalt(4)).decode()
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO core.users (username, password_hash, role, email) VALUES"
+            " ('boss', %s, 'manager', 'boss@popug.test'),"
+            " ('kiwi', %s, 'worker', 'kiwi@popug.test')",
+            (pw, pw),
+        )
+
+
+def boss_token(port):
+    return post_json(
+        port, "auth", "/api/v1/tokens", {"username": "boss", "password": "password123"}
+    )["token"]
+
+
 def _postmaster_pid(data):
     p = data / "pgdata" / "postmaster.pid"
     return int(p.read_text().splitlines()[0]) if p.exists() else None
@@ -397,16 +432,7 @@ def test_set_password_with_a_name_that_is_not_utf8_is_one_line(db_dsn, tmp_path)
 
 
 def test_a_running_system_delivers_the_assignment_email_into_the_maildir(db_dsn, tmp_path):
-    import bcrypt
-
-    pw = bcrypt.hashpw(b"password123", bcrypt.gensalt(4)).decode()
-    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO core.users (username, password_hash, role, email) VALUES"
-            " ('boss', %s, 'manager', 'boss@popug.test'),"
-            " ('kiwi', %s, 'worker', 'kiwi@popug.test')",
-            (pw, pw),
-        )
+    seed_boss_and_kiwi(db_dsn)
     port = free_port()
     log = tmp_path / "serve.log"
     env = clean_env(
@@ -417,26 +443,8 @@ def test_a_running_system_delivers_the_assignment_email_into_the_maildir(db_dsn,
     proc = start_serve(["--port", str(port)], log, env)
     try:
         wait_healthy(port, proc, log)
-
-        def call(host, path, body, token=None):
-            headers = {"Host": host, "Content-Type": "application/json"}
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{port}{path}",
-                method="POST",
-                data=json.dumps(body).encode(),
-                headers=headers,
-            )
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return json.load(resp)
-
-        token = call(
-            "auth.uberpopug.localhost",
-            "/api/v1/tokens",
-            {"username": "boss", "password": "password123"},
-        )["token"]
-        task = call("tasktracker.uberpopug.localhost", "/api/v1/tasks", {"title": "Mail me"}, token)
+        token = boss_token(port)
+        task = post_json(port, "tasktracker", "/api/v1/tasks", {"title": "Mail me"}, token)
         new = tmp_path / "var" / "mail" / "new"
         deadline = time.time() + 10
         while time.time() < deadline and not (new.exists() and list(new.iterdir())):
@@ -450,16 +458,7 @@ def test_a_running_system_delivers_the_assignment_email_into_the_maildir(db_dsn,
 
 
 def test_replication_in_a_running_system_and_replicate_verify(db_dsn, tmp_path):
-    import bcrypt
-
-    pw = bcrypt.hashpw(b"password123", bcrypt.gensalt(4)).decode()
-    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO core.users (username, password_hash, role, email) VALUES"
-            " ('boss', %s, 'manager', 'boss@popug.test'),"
-            " ('kiwi', %s, 'worker', 'kiwi@popug.test')",
-            (pw, pw),
-        )
+    seed_boss_and_kiwi(db_dsn)
     port = free_port()
     log = tmp_path / "serve.log"
     env = clean_env(
@@ -470,26 +469,10 @@ def test_replication_in_a_running_system_and_replicate_verify(db_dsn, tmp_path):
     proc = start_serve(["--port", str(port)], log, env)
     try:
         wait_healthy(port, proc, log)
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/v1/tokens",
-            method="POST",
-            data=json.dumps({"username": "boss", "password": "password123"}).encode(),
-            headers={"Host": "auth.uberpopug.localhost", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            token = json.load(resp)["token"]
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/v1/tasks",
-            method="POST",
-            data=json.dumps({"title": "Replicate me"}).encode(),
-            headers={
-                "Host": "tasktracker.uberpopug.localhost",
-                "Authorization": f"Bearer {token}",
-                "Content-Type": "application/json",
-            },
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            task_id = json.load(resp)["id"]
+        token = boss_token(port)
+        task_id = post_json(port, "tasktracker", "/api/v1/tasks", {"title": "Replicate me"}, token)[
+            "id"
+        ]
         # Within one interval (plus the cycle itself), in both replicas.
         deadline = time.time() + 5
         found = set()
