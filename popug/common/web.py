@@ -444,7 +444,7 @@ class ApiHandler(BaseHandler):
         except RecursionError:
             raise UserError(400, "The request body is nested too deeply") from None
         if not isinstance(data, dict):
-            raise UserError(400, 'The request body must be a JSON object, like {"title": ...}')
+            raise UserError(400, 'The request body must be a JSON object, like {"name": value}')
         return data
 
     def write_error(self, status_code, **kwargs):
