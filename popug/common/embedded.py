@@ -56,9 +56,12 @@ def start_embedded(data_dir, dbname):
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = (data_dir / "pgdata").resolve()
+    # get_server makes pgdata with exist_ok=False after its own exists() check,
+    # so two processes starting at once on an empty folder race there: make it
+    # here (initdb is still run once, under pgserver's inter-process lock).
+    pgdata.mkdir(exist_ok=True)
     with PostgresServer._lock:
-        if pgdata.exists():
-            _prune_dead_handles(pgdata)
+        _prune_dead_handles(pgdata)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     base_uri = server.get_uri()
     conn = psycopg2.connect(base_uri)
