@@ -102,6 +102,16 @@ def build_parser():
         help="bring every replica up to date, then compare each table with the "
         "master (rows and checksum); exit 1 on a difference",
     )
+    cd = command(
+        "close-day",
+        "close the ended business days now: pay out every positive balance, once per day",
+    )
+    cd.add_argument(
+        "--through",
+        metavar="YYYY-MM-DD",
+        help="close every open day up to this one (default: the last ended day); "
+        "today closes the current day early",
+    )
     return p
 
 
@@ -403,6 +413,44 @@ def cmd_replicate(args, config):
     return status
 
 
+def cmd_close_day(args, config):
+    from popug.accounting import queries
+    from popug.common import days
+    from popug.common.web import public_url
+
+    calendar = days.BusinessCalendar.from_config(config)
+    if args.through:
+        try:
+            through = days.parse_day(args.through, "--through")
+        except days.BadDate as e:
+            print(f"popug: {e}", file=sys.stderr)
+            return 2
+    else:
+        through = calendar.last_finished_day()
+
+    async def close(db):
+        rows = await queries.close_days_through(
+            db, calendar, through, "popug close-day", public_url(config, "accounting")
+        )
+        return rows, await queries.last_closed_day(db)
+
+    status, result = run_with_database(config, close)
+    if status:
+        return status
+    rows, last = result
+    for r in rows:
+        print(
+            f"{r.day} closed{' early' if r.early else ''}: {r.popugs_paid} "
+            f"popug{'s' if r.popugs_paid != 1 else ''} paid, {r.total_paid} in total"
+        )
+    if not rows:
+        if last is None:
+            print(f"nothing to close through {through}: the ledger has no entries yet")
+        else:
+            print(f"nothing to close: every day through {last} is closed already")
+    return 0
+
+
 def cmd_dbshell(args, config):
     from psycopg2.extensions import make_dsn, parse_dsn
 
@@ -436,6 +484,7 @@ COMMANDS = {
     "set-password": cmd_set_password,
     "dbshell": cmd_dbshell,
     "replicate": cmd_replicate,
+    "close-day": cmd_close_day,
 }
 
 

@@ -82,9 +82,9 @@ def test_a_config_mistake_stops_the_start_with_one_line(tmp_path):
 
 
 def test_a_service_not_built_yet_says_so_and_exits_non_zero(tmp_path):
-    r = popug("--service=accounting", "--data-dir", str(tmp_path))
+    r = popug("--service=analytics", "--data-dir", str(tmp_path))
     assert r.returncode != 0
-    assert "the accounting service is not built yet" in r.stderr
+    assert "the analytics service is not built yet" in r.stderr
     assert not (tmp_path / "pgdata").exists()  # nothing was started for it
 
 

@@ -145,13 +145,16 @@ async def test_a_transaction_open_across_a_cycle_is_copied_by_the_next(env, db_d
     slow = psycopg2.connect(db_dsn)
     with slow.cursor() as cur:
         cur.execute(
-            "INSERT INTO core.ledger (user_id, kind, amount) VALUES (%s, 'payout', -1.00)"
+            "INSERT INTO core.ledger (user_id, kind, amount, day)"
+            " VALUES (%s, 'payout', -1.00, '2026-01-01')"
             " RETURNING id",
             (user_id,),
         )
         slow_id = cur.fetchone()[0]
     await env.db.run(
-        "INSERT INTO core.ledger (user_id, kind, amount) VALUES (%s, 'payout', -2.00)", user_id
+        "INSERT INTO core.ledger (user_id, kind, amount, day)"
+        " VALUES (%s, 'payout', -2.00, '2026-01-02')",
+        user_id,
     )
     during = await run(engine.run_cycle, env.db.dsn, rep)
     assert during.tables["ledger"]["copied"] == 1  # T2 only: T1 is not committed

@@ -69,9 +69,9 @@ async def test_unknown_api_path_answers_json(env):
 
 @pytest.mark.gen_test
 async def test_unbuilt_service_host_is_a_clear_404(env):
-    r = await Browser(env).get("accounting", "/")
+    r = await Browser(env).get("analytics", "/")
     assert r.status == 404
-    assert "The accounting service is not available yet" in r.text
+    assert "The analytics service is not available yet" in r.text
 
 
 class TestTrackerOnly:

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from popug import REPO_DIR, SERVICES
+from popug.common import days
 
 
 class ConfigError(Exception):
@@ -26,6 +27,14 @@ class Required:
 
 def _positive(v):
     return v > 0
+
+
+def _known_zone(name):
+    try:
+        days.zone(name)
+    except ValueError:
+        return False
+    return True
 
 
 # key -> (type or tuple of types, default, check or None, what is expected)
@@ -73,6 +82,17 @@ SCHEMA = {
         "interval_s": ((int, float), 5, _positive, "seconds > 0 between cycles"),
         # name -> {schema, dsn (null: the master database), tables: {table: [columns]}}
         "replicas": ((dict, type(None)), None, None, "a mapping of replica names to settings"),
+    },
+    "accounting": {
+        "timezone": (str, "UTC", _known_zone, "an IANA time zone such as Europe/Berlin"),
+        "day_cutoff": (
+            str,
+            "00:00",
+            lambda v: days.CUTOFF_RE.match(v) is not None,
+            'a quoted local time "HH:MM" (unquoted, YAML reads 12:30 as 750)',
+        ),
+        "replica": (str, "accounting", None, "the name of the replica accounting reads"),
+        "close_check_s": ((int, float), 30, _positive, "seconds > 0 between end-of-day checks"),
     },
     "notifier": {
         "transport": (str, "maildir", lambda v: v in ("maildir", "smtp"), "maildir or smtp"),
@@ -146,7 +166,13 @@ REPLICABLE_COLUMNS = {
         "assigned_at",
         "completed_at",
     ],
-    "ledger": ["id", "user_id", "task_id", "kind", "amount", "created_at"],
+    "ledger": ["id", "user_id", "task_id", "kind", "amount", "created_at", "day"],
+}
+# What accounting reads from its replica.
+ACCOUNTING_NEEDS = {
+    "ledger": ["user_id", "task_id", "kind", "amount", "created_at", "day"],
+    "tasks": ["title", "description"],
+    "users": ["username", "role", "active"],
 }
 DEFAULT_REPLICAS = {
     "accounting": {"schema": "accounting", "dsn": None, "tables": REPLICABLE_COLUMNS},
@@ -274,6 +300,8 @@ def env_overrides(environ):
         # flow list ("[a@x.com, b@y.com]") is a list.
         if not isinstance(value, (int, float, bool, type(None), list)):
             value = raw
+        if re.fullmatch(r"\d+:\d+", raw.strip()):
+            value = raw.strip()  # a time of day, not YAML 1.1's base-60 number
         yield path, value, var
 
 
@@ -334,6 +362,19 @@ def load_config(path=None, environ=None, overrides=None):
         data_dir = Path.cwd() / data_dir
     config["data_dir"] = str(data_dir)
     config.replication["replicas"] = check_replicas(config.replication.replicas)
+    replica = config.replication.replicas.get(config.accounting.replica)
+    if replica is None:
+        raise ConfigError(
+            f"accounting.replica: no replica named {config.accounting.replica!r} "
+            f"(replicas: {', '.join(config.replication.replicas)})"
+        )
+    for table, needed in ACCOUNTING_NEEDS.items():
+        missing = [c for c in needed if c not in replica["tables"].get(table, [])]
+        if missing:
+            raise ConfigError(
+                f"replication.replicas.{config.accounting.replica}.tables.{table}: "
+                f"accounting needs column {missing[0]!r}"
+            )
     if config.notifier.from_address is None:
         config.notifier["from_address"] = f"UberPopug <popug@{config.domain}>"
     return config

@@ -18,6 +18,7 @@ class PeriodicDuty:
 
     name = "duty"
     stop_timeout_s = 30
+    run_at_start = False  # True: the first pass runs at start, not one interval later
 
     def __init__(self):
         self._callback = None
@@ -32,6 +33,8 @@ class PeriodicDuty:
     def start(self):
         self._callback = tornado.ioloop.PeriodicCallback(self._tick, self.interval_s() * 1000)
         self._callback.start()
+        if self.run_at_start:
+            self._tick()
         log.info("%s: running every %ss", self.name, self.interval_s())
 
     async def stop(self):

@@ -50,6 +50,7 @@ PERMISSION_TEXT = {
     "can_shuffle_tasks": "shuffle tasks",
     "can_view_all_tasks": "see other popugs' tasks",
     "can_manage_users": "manage users",
+    "can_view_accounts": "see other popugs' accounts or the management earnings",
 }
 
 
@@ -85,6 +86,17 @@ def database_unavailable(exc):
     return isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or (
         isinstance(exc, RuntimeError) and "closing pool" in str(exc)
     )
+
+
+def public_url(config, service, path="/"):
+    """A service's address for text written without a request (emails from background duties).
+
+    Behind a reverse proxy (server.xheaders) the public port is the proxy's,
+    so none is named; otherwise it is the port this process listens on.
+    """
+    port = config.server.port
+    suffix = "" if config.server.xheaders or port == 80 else f":{port}"
+    return f"http://{config.hosts[service]}{suffix}{path}"
 
 
 class Flash(typing.NamedTuple):
@@ -200,6 +212,8 @@ def to_json(obj):
         if isinstance(o, datetime.datetime):
             # One format everywhere (the database builds the same): UTC, microseconds.
             return o.astimezone(datetime.UTC).isoformat(timespec="microseconds")
+        if isinstance(o, datetime.date):
+            return o.isoformat()  # a business day: YYYY-MM-DD
         if isinstance(o, (set, frozenset)):
             return sorted(o)
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 CYCLE_LOCK = 7_200_000_201
 
 STATE_TABLE = "_replica_state"
+
+# Indexes the readers of a replica need (the replica tables are the
+# replicator's: a repair drops and recreates them, so it makes these too).
+# Each is made when every column it names is in the replica's column list.
+# table -> [(index name, columns, WHERE clause or None)]
+REPLICA_INDEXES = {
+    "ledger": [
+        # An account's audit log and balance.
+        ("ledger_user_time_idx", ("user_id", "created_at"), None),
+        # The per-day figures: every entry of a range of days.
+        ("ledger_time_idx", ("created_at",), None),
+        # The payouts that closed a range of days.
+        ("ledger_payout_day_idx", ("day", "user_id"), "kind = 'payout'"),
+    ],
+}
 SPOOL_BYTES = 64 * 1024 * 1024  # COPY data beyond this spills to a temporary file
 
 
@@ -161,18 +176,59 @@ def ensure_state_table(rc, schema):
             "CREATE TABLE IF NOT EXISTS {}.{} ("
             " table_name text PRIMARY KEY, version bigint NOT NULL, snapshot text NOT NULL,"
             " snapshot_at timestamptz NOT NULL, rows bigint NOT NULL,"
-            " copied_at timestamptz NOT NULL)"
+            " copied_at timestamptz NOT NULL, shape text)"
         ).format(sql.Identifier(schema), sql.Identifier(STATE_TABLE))
     )
+    # State tables made before `shape` existed get it (NULL: shape unknown).
+    rc.execute(
+        sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS shape text").format(
+            sql.Identifier(schema), sql.Identifier(STATE_TABLE)
+        )
+    )
+
+
+def shape_of(expected):
+    """The configured columns and types of a replica table, as one comparable text."""
+    return ", ".join(f"{c} {t}" for c, t in expected)
+
+
+def ensure_replica_indexes(rc, schema, table, cols):
+    """Make the REPLICA_INDEXES of this table that are missing; returns their names."""
+    wanted = [
+        (name, columns, where)
+        for name, columns, where in REPLICA_INDEXES.get(table, [])
+        if all(c in cols for c in columns) and (where is None or "kind" in cols)
+    ]
+    if not wanted:
+        return []
+    rc.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))
+    have = {r[0] for r in rc.fetchall()}
+    made = []
+    for name, columns, where in wanted:
+        if name in have:
+            continue
+        rc.execute(
+            sql.SQL("CREATE INDEX {} ON {} ({}){}").format(
+                sql.Identifier(name),
+                sql.Identifier(schema, table),
+                _ident_list(columns),
+                sql.SQL(f" WHERE {where}") if where else sql.SQL(""),
+            )
+        )
+        made.append(name)
+    return made
 
 
 def read_state(rc, schema):
     rc.execute(
-        sql.SQL("SELECT table_name, version, snapshot, rows FROM {}.{}").format(
+        sql.SQL("SELECT table_name, version, snapshot, rows, shape FROM {}.{}").format(
             sql.Identifier(schema), sql.Identifier(STATE_TABLE)
         )
     )
-    return {t: {"version": v, "snapshot": s, "rows": n} for t, v, s, n in rc.fetchall()}
+    return {
+        t: {"version": v, "snapshot": s, "rows": n, "shape": shape}
+        for t, v, s, n, shape in rc.fetchall()
+    }
 
 
 def create_replica_table(rc, schema, table, cols, types):
@@ -293,9 +349,14 @@ def run_cycle(
                 types = master_columns(mc, table)
                 prev = state.get(table)
                 expected = [(c, types[c]) for c in cols]
+                shape = shape_of(expected)
                 shape_ok = replica_intact(rc, replica.schema, table, expected)
                 intact = prev is not None and shape_ok
-                if not intact and known_version > 0 and not repair and not full:
+                # Not damage but a planned change: a table or columns added to
+                # the replica's configuration (or by an upgrade) since the
+                # state was written. Its full copy needs no alarm.
+                reshaped = (prev is None and state) or (prev is not None and prev["shape"] != shape)
+                if not intact and known_version > 0 and not repair and not full and not reshaped:
                     raise ReplicaDamaged(
                         f"replica {replica.name}: table {replica.schema}.{table} is missing or "
                         "damaged (dropped or altered by hand); the next cycle repairs it with a "
@@ -309,15 +370,17 @@ def run_cycle(
                         mc, rc, replica.schema, table, cols, prev["snapshot"], prev["rows"]
                     )
                     table_full = False
+                ensure_replica_indexes(rc, replica.schema, table, cols)
                 changed = copied > 0 or table_full
                 moved = moved or changed
                 result.tables[table] = {"rows": rows, "copied": copied, "full": table_full}
                 rc.execute(
                     sql.SQL(
                         "INSERT INTO {}.{} AS s (table_name, version, snapshot, snapshot_at, rows,"
-                        " copied_at) VALUES (%s, %s, %s, %s, %s, now())"
+                        " copied_at, shape) VALUES (%s, %s, %s, %s, %s, now(), %s)"
                         " ON CONFLICT (table_name) DO UPDATE SET snapshot = EXCLUDED.snapshot,"
                         " snapshot_at = EXCLUDED.snapshot_at, rows = EXCLUDED.rows,"
+                        " shape = EXCLUDED.shape,"
                         " version = CASE WHEN %s THEN EXCLUDED.version ELSE s.version END,"
                         " copied_at = CASE WHEN %s THEN now() ELSE s.copied_at END"
                     ).format(sql.Identifier(replica.schema), sql.Identifier(STATE_TABLE)),
@@ -327,6 +390,7 @@ def run_cycle(
                         snapshot,
                         snapshot_at,
                         rows,
+                        shape,
                         changed,
                         changed,
                     ),

@@ -13,6 +13,7 @@ import json
 import logging
 
 from popug.common.duty import PeriodicDuty
+from popug.common.web import public_url
 from popug.notifier.queries import queue_admin_alert
 from popug.replicator import engine
 
@@ -49,7 +50,7 @@ async def record_success(db, config, result):
                 f"The replica {result.replica} is up to date again (version {result.version}).\n"
                 f"It had been failing since {row.incident_since:%Y-%m-%d %H:%M:%S %Z}; the last "
                 f"error was:\n\n{row.last_error}\n\n"
-                f"Status: http://{config.hosts['replicator']}/\n",
+                f"Status: {public_url(config, 'replicator')}\n",
                 cur=cur,
             )
             log.warning("replicator: %s recovered", result.replica)
@@ -74,7 +75,7 @@ async def record_failure(db, config, name, error):
                 f"A replication cycle for the replica {name} failed:\n\n{error}\n\n"
                 "The replicator keeps trying and repairs the replica with a full copy when "
                 "it finds it damaged. You will get one more message when it works again.\n\n"
-                f"Status: http://{config.hosts['replicator']}/\n",
+                f"Status: {public_url(config, 'replicator')}\n",
                 cur=cur,
             )
 

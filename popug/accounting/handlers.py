@@ -1,0 +1,279 @@
+"""Accounting's pages and API: one's own account, anyone's for accountants and admins,
+and the management earnings per day. Thin: parse, call queries, render."""
+
+import datetime as dt
+
+from popug.accounting import queries as q
+from popug.common import days
+from popug.common.charts import bar_chart
+from popug.common.db import Database
+from popug.common.errors import UserError
+from popug.common.web import (
+    ApiHandler,
+    PageHandler,
+    api_auth_required,
+    auth_required,
+    has_perm,
+    parse_id,
+)
+
+DEFAULT_RANGE_DAYS = 30
+MAX_RANGE_DAYS = 366
+
+
+class AccountingMixin:
+    service = "accounting"
+
+    @property
+    def calendar(self):
+        settings = self.application.settings
+        if "popug_calendar" not in settings:
+            settings["popug_calendar"] = days.BusinessCalendar.from_config(self.config)
+        return settings["popug_calendar"]
+
+    async def books(self):
+        """The replica this service reads (its own pool when it lives in another database)."""
+        settings = self.application.settings
+        books = settings.get("popug_books")
+        if books is None:
+            name = self.config.accounting.replica
+            spec = self.config.replication.replicas[name]
+            db = self.db
+            if spec["dsn"] is not None:
+                db = await Database.connect(
+                    spec["dsn"],
+                    0,
+                    self.config.database.pool_max,
+                    self.config.database.timeout_s,
+                )
+            books = settings.setdefault(
+                "popug_books", q.Books(db, spec["schema"], self.config.replication.interval_s)
+            )
+        return books
+
+    def day_argument(self, name="day", default=None):
+        text = self.get_argument(name, "")
+        if not text:
+            return default
+        try:
+            return days.parse_day(text, name)
+        except days.BadDate as e:
+            raise UserError(400, str(e)) from None
+
+    def day_range_arguments(self):
+        """from/to (inclusive), default the last DEFAULT_RANGE_DAYS days up to today."""
+        today = self.calendar.today()
+        last = self.day_argument("to", today)
+        first = self.day_argument("from", last - dt.timedelta(days=DEFAULT_RANGE_DAYS - 1))
+        if first > last:
+            raise UserError(400, f"from ({first}) is after to ({last})")
+        if (last - first).days >= MAX_RANGE_DAYS:
+            raise UserError(400, f"a range is at most {MAX_RANGE_DAYS} days; ask for less")
+        return first, last
+
+    def require_account_access(self, user_id):
+        """One's own account is always visible; anyone else's needs can_view_accounts."""
+        if user_id != self.current_user.id:
+            self.require_perm("can_view_accounts")
+
+    async def account_view(self, user_id):
+        books = await self.books()
+        holder = await q.account_holder(books, self.db, user_id)
+        day = self.day_argument("day", self.calendar.today())
+        account = await q.account_day(books, self.calendar, user_id, day)
+        closed = await q.closed_days(self.db, day, day)
+        return holder, account, closed.get(day), await q.data_as_of(books)
+
+
+class AccountingPage(AccountingMixin, PageHandler):
+    def render_account(self, holder, account, closed, as_of):
+        day = account["day"]
+        self.render(
+            "account.html",
+            holder=holder,
+            account=account,
+            closed=closed,
+            as_of=as_of,
+            is_self=holder.id == self.current_user.id,
+            today=self.calendar.today(),
+            prev_day=day - dt.timedelta(days=1) if day > days.FIRST_DAY else None,
+            next_day=day + dt.timedelta(days=1) if day < days.LAST_DAY else None,
+            calendar=self.calendar,
+            interval=self.config.replication.interval_s,
+            local=self.calendar.local,
+        )
+
+
+class HomeHandler(AccountingPage):
+    """/ — my account today (accountants and admins without an account: the overview)."""
+
+    @auth_required
+    async def get(self):
+        if not self.current_user.assignable and self.can("can_view_accounts"):
+            self.redirect(self.reverse_url("accounting.overview"))
+            return
+        self.render_account(*await self.account_view(self.current_user.id))
+
+
+class AccountHandler(AccountingPage):
+    """/accounts/{id} — a popug's account (one's own, or anyone's with can_view_accounts)."""
+
+    @auth_required
+    async def get(self, user_id):
+        user_id = parse_id(user_id, "user id")
+        self.require_account_access(user_id)
+        self.render_account(*await self.account_view(user_id))
+
+
+class AccountsHandler(AccountingPage):
+    """/accounts — every popug's balance."""
+
+    @auth_required
+    @has_perm("can_view_accounts")
+    async def get(self):
+        search = self.get_argument("q", "").strip()[:100]
+        books = await self.books()
+        rows = await q.accounts(books, await q.assignable_roles(self.db), search)
+        self.render(
+            "accounts.html",
+            rows=rows[: q.ACCOUNTS_LIMIT],
+            more=len(rows) > q.ACCOUNTS_LIMIT,
+            search=search,
+            as_of=await q.data_as_of(books),
+            interval=self.config.replication.interval_s,
+            local=self.calendar.local,
+        )
+
+
+class OverviewHandler(AccountingPage):
+    """/overview — today's management earnings, a chart and a table of past days."""
+
+    @auth_required
+    @has_perm("can_view_accounts")
+    async def get(self):
+        first, last = self.day_range_arguments()
+        today = self.calendar.today()
+        books = await self.books()
+        figures = await q.daily_figures(books, self.calendar, first, last)
+        today_row = await q.daily_figures(books, self.calendar, today, today)
+        closed = await q.closed_days(self.db, first, last)
+        chart = bar_chart(
+            [(f"{r.day:%d.%m}", r.earnings) for r in figures],
+            f"Management earnings per day, {first} to {last}",
+        )
+        self.render(
+            "overview.html",
+            figures=figures,
+            today_figures=today_row[0],
+            today=today,
+            first=first,
+            last=last,
+            closed=closed,
+            last_closed=await q.last_closed_day(self.db),
+            chart=chart,
+            as_of=await q.data_as_of(books),
+            calendar=self.calendar,
+            interval=self.config.replication.interval_s,
+            local=self.calendar.local,
+            span=(last - first).days + 1,
+            shift=dt.timedelta(days=(last - first).days + 1),
+        )
+
+
+# --- API -----------------------------------------------------------------------------
+
+
+def entry_json(e):
+    return {
+        "id": e.id,
+        "kind": e.kind,
+        "amount": e.amount,
+        "created_at": e.created_at,
+        "closes_day": e.day,
+        "task": None
+        if e.task_id is None
+        else {"id": e.task_id, "title": e.title, "description": e.description},
+        "balance_after": e.balance_after,
+    }
+
+
+def account_json(holder, account, closed, as_of, calendar):
+    return {
+        "user": {"id": holder.id, "username": holder.username},
+        "day": account["day"],
+        "timezone": calendar.timezone_name,
+        "day_starts_at": account["starts"],
+        "day_ends_at": account["ends"],
+        "day_closed": closed is not None,
+        "balance": account["balance"],
+        "opening_balance": account["opening"],
+        "closing_balance": account["closing"],
+        "entries": [entry_json(e) for e in account["entries"]],
+        "truncated": account["truncated"],
+        "data_as_of": as_of,
+    }
+
+
+def figures_json(r, closed):
+    return {
+        "day": r.day,
+        "management_earnings": r.earnings,
+        "fees_charged": r.fees,
+        "rewards_credited": r.rewards,
+        "tasks_assigned": r.assigned,
+        "tasks_completed": r.completed,
+        "payouts": r.payouts,
+        "popugs_paid": r.popugs_paid,
+        "closed": closed is not None,
+    }
+
+
+class AccountingApi(AccountingMixin, ApiHandler):
+    pass
+
+
+class AccountMeApiHandler(AccountingApi):
+    @api_auth_required
+    async def get(self):
+        view = await self.account_view(self.current_user.id)
+        self.write_json(account_json(*view, self.calendar))
+
+
+class AccountApiHandler(AccountingApi):
+    @api_auth_required
+    async def get(self, user_id):
+        user_id = parse_id(user_id, "user id")
+        self.require_account_access(user_id)
+        view = await self.account_view(user_id)
+        self.write_json(account_json(*view, self.calendar))
+
+
+class EarningsApiHandler(AccountingApi):
+    """?day= one day (default today), or ?from=&to= a range of days."""
+
+    @api_auth_required
+    @has_perm("can_view_accounts")
+    async def get(self):
+        books = await self.books()
+        ranged = self.get_argument("from", "") or self.get_argument("to", "")
+        if ranged and self.get_argument("day", ""):
+            raise UserError(400, "send either day or from/to, not both")
+        if ranged:
+            first, last = self.day_range_arguments()
+        else:
+            first = last = self.day_argument("day", self.calendar.today())
+        rows = await q.daily_figures(books, self.calendar, first, last)
+        closed = await q.closed_days(self.db, first, last)
+        as_of = await q.data_as_of(books)
+        if ranged:
+            self.write_json(
+                {
+                    "timezone": self.calendar.timezone_name,
+                    "days": [figures_json(r, closed.get(r.day)) for r in rows],
+                    "data_as_of": as_of,
+                }
+            )
+        else:
+            out = figures_json(rows[0], closed.get(first))
+            out.update(timezone=self.calendar.timezone_name, data_as_of=as_of)
+            self.write_json(out)

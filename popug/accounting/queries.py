@@ -1,0 +1,328 @@
+"""Accounting in SQL: accounts and per-day figures from the replica, the close on the master.
+
+Reads go to the `accounting` replica (config accounting.replica), which the
+replicator refreshes every few seconds; its schema name comes from config
+and is checked there (lower-case letters, digits and _), so it is safe to
+put into the statements below. Writes — the end-of-day payouts — go to the
+master, in one transaction per business day.
+
+Which entries belong to business day D (bounds from popug.common.days):
+fees and rewards by their time, created_at in [starts, ends); a payout by
+the day it closes (ledger.day = D), although it is written just after the
+cut-off. The balance at the end of D is therefore every fee and reward
+before `ends` plus every payout of a day up to D.
+"""
+
+import datetime as dt
+import functools
+from decimal import Decimal
+
+import psycopg2
+
+from popug.common import days
+from popug.common.errors import UserError
+
+ZERO = Decimal("0.00")
+ENTRIES_LIMIT = 2000
+ACCOUNTS_LIMIT = 500
+
+
+class Books:
+    """The replica accounting reads: its database and schema."""
+
+    def __init__(self, db, schema, interval_s):
+        self.db = db
+        self.schema = schema
+        self.interval_s = interval_s
+
+    def sql(self, template):
+        return _in_schema(template, self.schema)
+
+    async def fetch_all(self, template, *params):
+        try:
+            return await self.db.fetch_all(self.sql(template), *params)
+        except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as e:
+            # The first cycle has not run yet, or the replica is being repaired.
+            raise UserError(
+                503,
+                "The accounting data is not replicated yet (the replicator fills the "
+                f"{self.schema} replica every {self.interval_s:g} s). Try again in a moment.",
+                headers={"Retry-After": str(max(1, round(self.interval_s)))},
+            ) from e
+
+    async def fetch_one(self, template, *params):
+        return (await self.fetch_all(template, *params))[0]
+
+
+@functools.cache
+def _in_schema(template, schema):
+    return template.replace("{s}", f'"{schema}"')
+
+
+def _bounds_arrays(calendar, day_list):
+    starts, ends = zip(*(calendar.bounds(d) for d in day_list), strict=True)
+    return list(day_list), list(starts), list(ends)
+
+
+# --- accounts ----------------------------------------------------------------------
+
+FRESHNESS = """
+SELECT min(snapshot_at) AS as_of FROM {s}._replica_state
+ WHERE table_name IN ('ledger', 'tasks', 'users')
+"""
+
+ACCOUNT_HOLDER = "SELECT id, username, role, active FROM {s}.users WHERE id = %s"
+
+# Now, at the start of the day, and at its end (after its payout, if any).
+ACCOUNT_BALANCES = """
+SELECT coalesce(sum(amount), 0)::numeric(12,2) AS balance,
+       coalesce(sum(amount) FILTER (
+           WHERE (kind <> 'payout' AND created_at < %s) OR (kind = 'payout' AND day < %s)
+       ), 0)::numeric(12,2) AS opening,
+       coalesce(sum(amount) FILTER (
+           WHERE (kind <> 'payout' AND created_at < %s) OR (kind = 'payout' AND day <= %s)
+       ), 0)::numeric(12,2) AS closing
+  FROM {s}.ledger WHERE user_id = %s
+"""
+
+ACCOUNT_ENTRIES = """
+SELECT l.id, l.kind, l.amount, l.created_at, l.day, l.task_id, t.title, t.description
+  FROM {s}.ledger l LEFT JOIN {s}.tasks t ON t.id = l.task_id
+ WHERE l.user_id = %s
+   AND ((l.kind <> 'payout' AND l.created_at >= %s AND l.created_at < %s)
+        OR (l.kind = 'payout' AND l.day = %s))
+ ORDER BY l.created_at, l.id
+ LIMIT %s
+"""
+
+
+async def data_as_of(books):
+    """When the master snapshot the replica holds was taken (None before the first copy)."""
+    row = await books.fetch_one(FRESHNESS)
+    return row.as_of
+
+
+async def account_holder(books, master, user_id):
+    """Whose account this is. A popug created since the last replication cycle is
+    not in the replica yet: their name comes from the master (their account is
+    empty there, until the next cycle)."""
+    rows = await books.fetch_all(ACCOUNT_HOLDER, user_id)
+    if not rows:
+        rows = await master.fetch_all(ACCOUNT_HOLDER.replace("{s}", "core"), user_id)
+    if not rows:
+        raise UserError(404, f"There is no popug #{user_id}.")
+    return rows[0]
+
+
+async def account_day(books, calendar, user_id, day):
+    """One popug's account for one business day: balances and the day's entries.
+
+    Returns a dict: balance (now), opening and closing (of the day), entries
+    (each with the balance after it), truncated (more than ENTRIES_LIMIT).
+    Every sum is exact: numeric in SQL, Decimal here.
+    """
+    starts, ends = calendar.bounds(day)
+    bal = await books.fetch_one(ACCOUNT_BALANCES, starts, day, ends, day, user_id)
+    opening = bal.opening
+    entries = await books.fetch_all(ACCOUNT_ENTRIES, user_id, starts, ends, day, ENTRIES_LIMIT + 1)
+    truncated = len(entries) > ENTRIES_LIMIT
+    entries = entries[:ENTRIES_LIMIT]
+    running = opening
+    for e in entries:
+        running += e.amount
+        e["balance_after"] = running
+    return {
+        "day": day,
+        "starts": starts,
+        "ends": ends,
+        "balance": bal.balance,
+        "opening": opening,
+        # Everything up to the cut-off and the day's payout, whatever the list shows.
+        "closing": bal.closing,
+        "entries": entries,
+        "truncated": truncated,
+    }
+
+
+ACCOUNTS = """
+SELECT u.id, u.username, u.role, u.active,
+       coalesce(b.balance, 0)::numeric(12,2) AS balance, coalesce(b.entries, 0) AS entries
+  FROM {s}.users u
+  LEFT JOIN (SELECT user_id, sum(amount) AS balance, count(*) AS entries
+               FROM {s}.ledger GROUP BY user_id) b ON b.user_id = u.id
+ WHERE (b.user_id IS NOT NULL OR u.role = ANY(%s))
+   AND (%s = '' OR strpos(lower(u.username), lower(%s)) > 0)
+ ORDER BY lower(u.username)
+ LIMIT %s
+"""
+
+
+async def accounts(books, assignable_roles, search=""):
+    """Every popug who holds or can hold tasks, with their balance (first ACCOUNTS_LIMIT)."""
+    return await books.fetch_all(
+        ACCOUNTS, list(assignable_roles), search, search, ACCOUNTS_LIMIT + 1
+    )
+
+
+async def assignable_roles(db):
+    rows = await db.fetch_all("SELECT name FROM core.roles WHERE assignable ORDER BY name")
+    return [r.name for r in rows]
+
+
+# --- management earnings -------------------------------------------------------------
+
+# One row per requested day, in order, from the ranges computed in Python.
+DAILY_FIGURES = """
+WITH d AS (
+    SELECT * FROM unnest(%s::date[], %s::timestamptz[], %s::timestamptz[]) AS d(day, starts, ends)
+), moves AS (
+    SELECT d.day,
+           coalesce(-sum(l.amount) FILTER (WHERE l.kind = 'fee'), 0) AS fees,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'reward'), 0) AS rewards,
+           count(l.kind) FILTER (WHERE l.kind = 'fee') AS assigned,
+           count(l.kind) FILTER (WHERE l.kind = 'reward') AS completed
+      FROM d LEFT JOIN {s}.ledger l
+        ON l.created_at >= d.starts AND l.created_at < d.ends AND l.kind IN ('fee', 'reward')
+     GROUP BY d.day
+), paid AS (
+    SELECT day, -sum(amount) AS payouts, count(*) AS popugs_paid
+      FROM {s}.ledger
+     WHERE kind = 'payout' AND day BETWEEN %s AND %s
+     GROUP BY day
+)
+SELECT m.day, m.fees::numeric(12,2) AS fees, m.rewards::numeric(12,2) AS rewards,
+       (m.fees - m.rewards)::numeric(12,2) AS earnings, m.assigned, m.completed,
+       coalesce(p.payouts, 0)::numeric(12,2) AS payouts, coalesce(p.popugs_paid, 0) AS popugs_paid
+  FROM moves m LEFT JOIN paid p ON p.day = m.day
+ ORDER BY m.day
+"""
+
+
+async def daily_figures(books, calendar, first, last):
+    """Per business day from first to last: fees, rewards, earnings, assignments,
+    completions and payouts. Earnings = fees charged - rewards credited."""
+    day_list, starts, ends = _bounds_arrays(calendar, days.day_range(first, last))
+    return await books.fetch_all(DAILY_FIGURES, day_list, starts, ends, first, last)
+
+
+async def closed_days(db, first, last):
+    """{day: row} of core.closed_days in the range (the close's own record, on the master)."""
+    rows = await db.fetch_all(
+        "SELECT * FROM core.closed_days WHERE day BETWEEN %s AND %s", first, last
+    )
+    return {r.day: r for r in rows}
+
+
+async def last_closed_day(db):
+    row = await db.fetch_one("SELECT max(day) AS day FROM core.closed_days")
+    return row.day
+
+
+# --- the end of a business day (on the master) ------------------------------------------
+
+# Whoever is owed money at the cut-off is paid exactly that: the balance of
+# every fee and reward before `ends` and every payout of an earlier day. An
+# entry that committed after an earlier close (its transaction began before
+# the cut-off) is in this sum, so it is paid the next time; nothing is paid
+# twice and nothing is lost. The unique index on (user_id, day) of payouts
+# makes a second close of the same day insert nothing, even if it got past
+# the lock and the closed_days check somehow.
+CLOSE_DAY = """
+WITH owed AS (
+    SELECT user_id, sum(amount) AS balance
+      FROM core.ledger
+     WHERE (kind <> 'payout' AND created_at < %s) OR (kind = 'payout' AND day < %s)
+     GROUP BY user_id
+    HAVING sum(amount) > 0
+), paid AS (
+    INSERT INTO core.ledger (user_id, kind, amount, day)
+    SELECT user_id, 'payout', -balance, %s FROM owed ORDER BY user_id
+        ON CONFLICT (user_id, day) WHERE kind = 'payout' DO NOTHING
+    RETURNING user_id, -amount AS amount
+), mail AS (
+    INSERT INTO core.outbox (kind, recipient, subject, body)
+    SELECT 'payout', u.email, 'Payout for ' || %s || ': ' || p.amount,
+           'Hello ' || u.username || E',\n\nThe business day ' || %s || ' (' || %s
+           || E') is closed.\nYour balance at its end was ' || p.amount
+           || ', and it has been paid out to you: ' || p.amount
+           || E'.\nYour account starts the next day at 0.00.\n\nYour account: ' || %s
+           || E'\n'
+      FROM paid p JOIN core.users u ON u.id = p.user_id
+     WHERE u.email <> ''
+)
+INSERT INTO core.closed_days (day, starts_at, ends_at, early, popugs_paid, total_paid, closed_by)
+SELECT %s, %s, %s, %s, count(*), coalesce(sum(amount), 0), %s FROM paid
+RETURNING *
+"""
+
+# Closes take turns across processes (two at once would both find the day open).
+CLOSE_LOCK = 7_200_000_301
+
+
+async def close_business_day(db, calendar, day, closed_by, account_url, now=None):
+    """Pay out every positive balance at the end of `day`; once per day, ever.
+
+    Returns the new core.closed_days row, or None when the day was closed
+    already. A day may be closed before its cut-off (early); never before
+    it has begun.
+    """
+    now = now or dt.datetime.now(days.UTC)
+    starts, ends = calendar.bounds(day)
+    if now < starts:
+        raise UserError(400, f"Business day {day} has not begun yet; it cannot be closed.")
+    async with db.transaction() as cur:
+        await db.run("SELECT pg_advisory_xact_lock(%s)", CLOSE_LOCK, cur=cur)
+        done = await db.fetch_optional(
+            "SELECT 1 AS yes FROM core.closed_days WHERE day = %s", day, cur=cur
+        )
+        if done:
+            return None
+        label = day.isoformat()
+        return await db.fetch_one(
+            CLOSE_DAY,
+            ends,
+            day,
+            day,
+            label,
+            label,
+            calendar.describe(),
+            f"{account_url}?day={label}",
+            day,
+            starts,
+            ends,
+            now < ends,
+            closed_by,
+            cur=cur,
+        )
+
+
+async def first_day_to_close(db, calendar, now=None):
+    """The day after the last closed one; with none closed, the day of the first entry."""
+    last = await last_closed_day(db)
+    if last is not None:
+        return last + dt.timedelta(days=1)
+    row = await db.fetch_one("SELECT min(created_at) AS first FROM core.ledger")
+    return calendar.day_of(row.first) if row.first else calendar.today(now)
+
+
+async def close_days_through(db, calendar, through, closed_by, account_url, now=None):
+    """Close every open business day up to `through`, oldest first; returns the new rows.
+
+    This is the catch-up after an outage too: days missed while no process
+    ran are closed in order, each paying the balance at its own cut-off.
+    """
+    now = now or dt.datetime.now(days.UTC)
+    if through > calendar.today(now):
+        raise UserError(
+            400,
+            f"{through} has not begun yet (today is {calendar.today(now)} in "
+            f"{calendar.timezone_name}); the latest day that can be closed is today.",
+        )
+    closed = []
+    day = await first_day_to_close(db, calendar, now)
+    while day <= through:
+        row = await close_business_day(db, calendar, day, closed_by, account_url, now)
+        if row is not None:
+            closed.append(row)
+        day += dt.timedelta(days=1)
+    return closed
