@@ -14,6 +14,9 @@ setup(
         "psycopg2-binary>=2.9.9",
         "bcrypt>=4.1",
         "PyYAML>=6.0.1",
+        # The IANA time zones for the business day (accounting.timezone) on
+        # machines without a system zone database (slim containers, Windows).
+        "tzdata>=2024.1",
         # Bundles PostgreSQL server binaries: the default embedded database on a
         # machine with no PostgreSQL installed.
         "pgserver>=0.1.4",

@@ -56,6 +56,9 @@ def live_system(db_dsn, tmp_path):
         POPUG_DATABASE__DSN=db_dsn,
         POPUG_DATA_DIR=str(tmp_path / "var"),
         POPUG_AUTH__BCRYPT_COST="4",
+        POPUG_REPLICATION__INTERVAL_S="0.5",
+        # Yesterday's seeded entries stay unpaid while a test looks at them.
+        POPUG_ACCOUNTING__CLOSE_CHECK_S="3600",
     )
     log = open(tmp_path / "popug.log", "w")
     proc = subprocess.Popen(
@@ -214,3 +217,115 @@ def test_worker_sees_only_own_tasks_and_completes_one(live_system, chrome, db_ds
     assert chrome.find_element(By.ID, "no-tasks")
     chrome.get(f"{tracker}/tasks/new")
     assert "403" in chrome.find_element(By.TAG_NAME, "h1").text
+
+
+def seed_account(dsn, worker_id, creator_id):
+    """Yesterday: a task assigned and completed; today: one assigned. Returns titles."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO core.tasks (title, description, assignee_id, assign_fee, reward,"
+            " created_by, status, created_at, assigned_at, completed_at) VALUES"
+            " ('Count the seeds', 'twice', %s, 12.50, 30.00, %s, 'done',"
+            "  now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'),"
+            " ('Wash the perch', '', %s, 14.00, 25.00, %s, 'open', now(), now(), NULL)"
+            " RETURNING id, assign_fee, reward, status, created_at",
+            (worker_id, creator_id, worker_id, creator_id),
+        )
+        for task_id, fee, reward, status, at in cur.fetchall():
+            cur.execute(
+                "INSERT INTO core.ledger (user_id, task_id, kind, amount, created_at)"
+                " VALUES (%s, %s, 'fee', %s, %s)",
+                (worker_id, task_id, -fee, at),
+            )
+            if status == "done":
+                cur.execute(
+                    "INSERT INTO core.ledger (user_id, task_id, kind, amount, created_at)"
+                    " VALUES (%s, %s, 'reward', %s, %s)",
+                    (worker_id, task_id, reward, at),
+                )
+
+
+def wait_replicated(dsn, rows, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM accounting.ledger")
+                if cur.fetchone()[0] >= rows:
+                    return
+        except psycopg2.Error:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the accounting replica did not catch up")
+
+
+def log_in(chrome, username, password):
+    from selenium.webdriver.common.by import By
+
+    chrome.find_element(By.ID, "username").send_keys(username)
+    chrome.find_element(By.ID, "password").send_keys(password)
+    chrome.find_element(By.ID, "login-submit").click()
+
+
+def test_worker_reads_own_account_day_by_day_and_no_other(live_system, chrome, db_dsn):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = live_system
+    kiwi = add_user(db_dsn, "kiwi", "worker", "kiwi-password")
+    mango = add_user(db_dsn, "mango", "worker", "mango-password")
+    seed_account(db_dsn, kiwi, mango)
+    wait_replicated(db_dsn, 3)
+    accounting = f"http://accounting.uberpopug.localhost:{port}"
+    chrome.get(f"{accounting}/")
+    log_in(chrome, "kiwi", "kiwi-password")
+    assert wait_url(chrome, f"{accounting}/") == f"{accounting}/"
+    # 30.00 - 12.50 yesterday (not closed: nothing paid), - 14.00 today.
+    assert chrome.find_element(By.ID, "balance").text == "3.50"
+    assert chrome.find_element(By.ID, "opening").text == "17.50"
+    today = chrome.find_element(By.ID, "entries").text
+    assert "Wash the perch" in today and "-14.00" in today and "Count the seeds" not in today
+    assert "Figures as of" in chrome.find_element(By.ID, "freshness").text
+    chrome.find_element(By.ID, "prev-day").click()
+    WebDriverWait(chrome, 10).until(lambda d: "?day=" in d.current_url)
+    yesterday = chrome.find_element(By.ID, "entries").text
+    assert "Count the seeds" in yesterday and "twice" in yesterday
+    assert "-12.50" in yesterday and "30.00" in yesterday
+    assert chrome.find_element(By.ID, "closing").text == "17.50"
+    # The date picker is a plain GET form.
+    chrome.execute_script("document.getElementById('day').value = '2026-01-01'")
+    chrome.find_element(By.ID, "show-day").click()
+    WebDriverWait(chrome, 10).until(lambda d: d.current_url.endswith("day=2026-01-01"))
+    assert chrome.find_element(By.ID, "no-entries")
+    chrome.get(f"{accounting}/accounts/{mango}")
+    assert "403" in chrome.find_element(By.TAG_NAME, "h1").text
+    assert "not allowed to see other popugs' accounts" in chrome.page_source
+
+
+def test_accountant_sees_earnings_chart_and_any_account(live_system, chrome, db_dsn):
+    from selenium.webdriver.common.by import By
+
+    port = live_system
+    kiwi = add_user(db_dsn, "kiwi", "worker", "kiwi-password")
+    add_user(db_dsn, "plum", "accountant", "plum-password")
+    seed_account(db_dsn, kiwi, kiwi)
+    wait_replicated(db_dsn, 3)
+    accounting = f"http://accounting.uberpopug.localhost:{port}"
+    chrome.get(f"{accounting}/overview")
+    log_in(chrome, "plum", "plum-password")
+    assert wait_url(chrome, f"{accounting}/overview") == f"{accounting}/overview"
+    # Today: one fee of 14.00 charged, nothing credited.
+    assert chrome.find_element(By.ID, "earnings-today").text == "14.00"
+    assert chrome.find_element(By.ID, "assigned-today").text == "1"
+    bars = chrome.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")
+    assert len(bars) == 30
+    rows = chrome.find_elements(By.CSS_SELECTOR, "#days tbody tr")
+    assert len(rows) == 30
+    # Yesterday: fee 12.50 - reward 30.00.
+    assert "-17.50" in rows[1].text
+    chrome.find_element(By.ID, "nav-accounts").click()
+    wait_url(chrome, f"{accounting}/accounts")
+    chrome.find_element(By.LINK_TEXT, "kiwi").click()
+    wait_url(chrome, f"{accounting}/accounts/{kiwi}")
+    assert "Account of kiwi" in chrome.find_element(By.TAG_NAME, "h1").text
+    assert chrome.find_element(By.ID, "balance").text == "3.50"

@@ -413,3 +413,31 @@ async def test_an_unanswering_replica_server_fails_its_cycle_and_not_the_others(
         assert not isinstance(outcome["analytics"], str)
     finally:
         silent.close()
+
+
+@pytest.mark.gen_test
+async def test_columns_added_by_an_upgrade_are_copied_without_an_alarm_and_indexed(env):
+    await env.api("admin", email="root@popug.test")
+    await seed(env, tasks=2)
+    replicator = Replicator(env.config, env.db)
+    await replicator.cycle_all()
+    # A replica as an older release left it: no ledger.day, no shape recorded.
+    await env.db.run("ALTER TABLE accounting.ledger DROP COLUMN day")
+    await env.db.run("UPDATE accounting._replica_state SET shape = NULL")
+    await env.db.run("DELETE FROM core.outbox")
+    outcome = await replicator.cycle_all()
+    assert outcome["accounting"].tables["ledger"]["full"], outcome
+    assert await env.scalar("SELECT count(*) FROM core.outbox") == 0  # no alert
+    indexes = {
+        r.indexname
+        for r in await env.db.fetch_all(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'accounting'"
+        )
+    }
+    assert {"ledger_user_time_idx", "ledger_time_idx", "ledger_payout_day_idx"} <= indexes
+    assert all(same for *_, same in await run(engine.verify, env.db.dsn, replica(env)))
+    # The same change by hand, once the shape is on record, is damage: reported.
+    await env.db.run("ALTER TABLE accounting.ledger DROP COLUMN day")
+    outcome = await replicator.cycle_all()
+    assert "missing or damaged" in outcome["accounting"]
+    assert await env.scalar("SELECT count(*) FROM core.outbox") == 1
