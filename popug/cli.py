@@ -381,7 +381,7 @@ def cmd_replicate(args, config):
         return 2
     status = 0
     if args.verify:
-        print(f"{'replica':12} {'table':8} {'master rows':>12} {'replica rows':>12}  result")
+        print(f"{'replica':12} {'table':12} {'master rows':>12} {'replica rows':>12}  result")
         for replica in replicas:
             try:
                 report = engine.verify(dsn, replica)
@@ -391,7 +391,7 @@ def cmd_replicate(args, config):
                 continue
             for table, m_rows, r_rows, same in report:
                 print(
-                    f"{replica.name:12} {table:8} {m_rows:12} {r_rows:12}  "
+                    f"{replica.name:12} {table:12} {m_rows:12} {r_rows:12}  "
                     f"{'OK' if same else 'DIFFERENT'}"
                 )
                 status = status or (0 if same else 1)

@@ -492,7 +492,7 @@ def test_replication_in_a_running_system_and_replicate_verify(db_dsn, tmp_path):
     cli_env = {"POPUG_DATABASE__DSN": db_dsn, "POPUG_DATA_DIR": str(tmp_path / "var")}
     r = popug("replicate", "--verify", env=cli_env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count(" OK") == 6 and "DIFFERENT" not in r.stdout
+    assert r.stdout.count(" OK") == 8 and "DIFFERENT" not in r.stdout
     with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
         cur.execute("UPDATE analytics.tasks SET reward = 99.99")
     r = popug("replicate", "--verify", env=cli_env)

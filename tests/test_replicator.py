@@ -115,6 +115,7 @@ async def test_incremental_cycle_copies_only_what_changed(env):
         "users": 0,
         "tasks": 0,
         "ledger": 0,
+        "closed_days": 0,
     }
     t = created[0]
     worker = await env.token_for(t["assignee"]["username"])
@@ -128,6 +129,7 @@ async def test_incremental_cycle_copies_only_what_changed(env):
         "users": 0,
         "tasks": 1,
         "ledger": 1,
+        "closed_days": 0,
     }
     assert third.tables["tasks"]["rows"] == 5 and third.tables["ledger"]["rows"] == 6
     assert await rows(env, "SELECT status FROM accounting.tasks WHERE id = %s", t["id"]) == [
@@ -223,6 +225,7 @@ async def test_verify_finds_a_hand_made_difference(env):
         ("users", True),
         ("tasks", True),
         ("ledger", True),
+        ("closed_days", True),
     ]
     await env.db.run("UPDATE accounting.tasks SET title = 'tampered' WHERE id = 1")
     await env.db.run("DELETE FROM accounting.ledger WHERE id = 2")

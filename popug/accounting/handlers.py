@@ -77,24 +77,20 @@ class AccountingMixin:
             self.require_perm("can_view_accounts")
 
     async def account_view(self, user_id):
-        books = await self.books()
-        holder = await q.account_holder(books, self.db, user_id)
         day = self.day_argument("day", self.calendar.today())
-        account = await q.account_day(books, self.calendar, user_id, day)
-        closed = await q.closed_days(self.db, day, day)
-        return holder, account, closed.get(day), await q.data_as_of(books)
+        return await q.account_day(await self.books(), self.db, self.calendar, user_id, day)
 
 
 class AccountingPage(AccountingMixin, PageHandler):
-    def render_account(self, holder, account, closed, as_of):
+    def render_account(self, account):
         day = account["day"]
         self.render(
             "account.html",
-            holder=holder,
+            holder=account["holder"],
             account=account,
-            closed=closed,
-            as_of=as_of,
-            is_self=holder.id == self.current_user.id,
+            closed=account["closed"],
+            as_of=account["as_of"],
+            is_self=account["holder"].id == self.current_user.id,
             today=self.calendar.today(),
             prev_day=day - dt.timedelta(days=1) if day > days.FIRST_DAY else None,
             next_day=day + dt.timedelta(days=1) if day < days.LAST_DAY else None,
@@ -112,7 +108,7 @@ class HomeHandler(AccountingPage):
         if not self.current_user.assignable and self.can("can_view_accounts"):
             self.redirect(self.reverse_url("accounting.overview"))
             return
-        self.render_account(*await self.account_view(self.current_user.id))
+        self.render_account(await self.account_view(self.current_user.id))
 
 
 class AccountHandler(AccountingPage):
@@ -122,7 +118,7 @@ class AccountHandler(AccountingPage):
     async def get(self, user_id):
         user_id = parse_id(user_id, "user id")
         self.require_account_access(user_id)
-        self.render_account(*await self.account_view(user_id))
+        self.render_account(await self.account_view(user_id))
 
 
 class AccountsHandler(AccountingPage):
@@ -156,7 +152,6 @@ class OverviewHandler(AccountingPage):
         books = await self.books()
         figures = await q.daily_figures(books, self.calendar, first, last)
         today_row = await q.daily_figures(books, self.calendar, today, today)
-        closed = await q.closed_days(self.db, first, last)
         chart = bar_chart(
             [(f"{r.day:%d.%m}", r.earnings) for r in figures],
             f"Management earnings per day, {first} to {last}",
@@ -168,10 +163,9 @@ class OverviewHandler(AccountingPage):
             today=today,
             first=first,
             last=last,
-            closed=closed,
-            last_closed=await q.last_closed_day(self.db),
+            last_closed=await q.last_closed_day_in(books),
             chart=chart,
-            as_of=await q.data_as_of(books),
+            as_of=today_row[0].as_of,
             calendar=self.calendar,
             interval=self.config.replication.interval_s,
             local=self.calendar.local,
@@ -197,24 +191,25 @@ def entry_json(e):
     }
 
 
-def account_json(holder, account, closed, as_of, calendar):
+def account_json(account, calendar):
+    holder = account["holder"]
     return {
         "user": {"id": holder.id, "username": holder.username},
         "day": account["day"],
         "timezone": calendar.timezone_name,
         "day_starts_at": account["starts"],
         "day_ends_at": account["ends"],
-        "day_closed": closed is not None,
+        "day_closed": account["closed"] is not None,
         "balance": account["balance"],
         "opening_balance": account["opening"],
         "closing_balance": account["closing"],
         "entries": [entry_json(e) for e in account["entries"]],
         "truncated": account["truncated"],
-        "data_as_of": as_of,
+        "data_as_of": account["as_of"],
     }
 
 
-def figures_json(r, closed):
+def figures_json(r):
     return {
         "day": r.day,
         "management_earnings": r.earnings,
@@ -224,7 +219,7 @@ def figures_json(r, closed):
         "tasks_completed": r.completed,
         "payouts": r.payouts,
         "popugs_paid": r.popugs_paid,
-        "closed": closed is not None,
+        "closed": r.closed_at is not None,
     }
 
 
@@ -236,7 +231,7 @@ class AccountMeApiHandler(AccountingApi):
     @api_auth_required
     async def get(self):
         view = await self.account_view(self.current_user.id)
-        self.write_json(account_json(*view, self.calendar))
+        self.write_json(account_json(view, self.calendar))
 
 
 class AccountApiHandler(AccountingApi):
@@ -245,7 +240,7 @@ class AccountApiHandler(AccountingApi):
         user_id = parse_id(user_id, "user id")
         self.require_account_access(user_id)
         view = await self.account_view(user_id)
-        self.write_json(account_json(*view, self.calendar))
+        self.write_json(account_json(view, self.calendar))
 
 
 class EarningsApiHandler(AccountingApi):
@@ -263,17 +258,16 @@ class EarningsApiHandler(AccountingApi):
         else:
             first = last = self.day_argument("day", self.calendar.today())
         rows = await q.daily_figures(books, self.calendar, first, last)
-        closed = await q.closed_days(self.db, first, last)
-        as_of = await q.data_as_of(books)
+        as_of = rows[0].as_of
         if ranged:
             self.write_json(
                 {
                     "timezone": self.calendar.timezone_name,
-                    "days": [figures_json(r, closed.get(r.day)) for r in rows],
+                    "days": [figures_json(r) for r in rows],
                     "data_as_of": as_of,
                 }
             )
         else:
-            out = figures_json(rows[0], closed.get(first))
+            out = figures_json(rows[0])
             out.update(timezone=self.calendar.timezone_name, data_as_of=as_of)
             self.write_json(out)

@@ -20,6 +20,7 @@ from decimal import Decimal
 import psycopg2
 
 from popug.common import days
+from popug.common.db import Prepared
 from popug.common.errors import UserError
 
 ZERO = Decimal("0.00")
@@ -35,12 +36,14 @@ class Books:
         self.schema = schema
         self.interval_s = interval_s
 
-    def sql(self, template):
-        return _in_schema(template, self.schema)
+    def sql(self, template, prepare_as=None):
+        return _in_schema(template, self.schema, prepare_as)
 
-    async def fetch_all(self, template, *params):
+    async def fetch_all(self, template, *params, prepare_as=None):
+        """Run a statement of this module on the replica; `prepare_as` names the
+        ones run on every page view (prepared once per connection)."""
         try:
-            return await self.db.fetch_all(self.sql(template), *params)
+            return await self.db.fetch_all(self.sql(template, prepare_as), *params)
         except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as e:
             # The first cycle has not run yet, or the replica is being repaired.
             raise UserError(
@@ -50,13 +53,14 @@ class Books:
                 headers={"Retry-After": str(max(1, round(self.interval_s)))},
             ) from e
 
-    async def fetch_one(self, template, *params):
-        return (await self.fetch_all(template, *params))[0]
+    async def fetch_one(self, template, *params, prepare_as=None):
+        return (await self.fetch_all(template, *params, prepare_as=prepare_as))[0]
 
 
 @functools.cache
-def _in_schema(template, schema):
-    return template.replace("{s}", f'"{schema}"')
+def _in_schema(template, schema, prepare_as=None):
+    sql = template.replace("{s}", f'"{schema}"')
+    return Prepared(f"{prepare_as}_{schema}", sql) if prepare_as else sql
 
 
 def _bounds_arrays(calendar, day_list):
@@ -66,23 +70,31 @@ def _bounds_arrays(calendar, day_list):
 
 # --- accounts ----------------------------------------------------------------------
 
-FRESHNESS = """
-SELECT min(snapshot_at) AS as_of FROM {s}._replica_state
- WHERE table_name IN ('ledger', 'tasks', 'users')
-"""
+# When the master snapshot the replica holds was taken (all tables share it).
+AS_OF = """(SELECT min(snapshot_at) FROM {s}._replica_state
+  WHERE table_name IN ('ledger', 'tasks', 'users', 'closed_days'))"""
+
+FRESHNESS = f"SELECT {AS_OF} AS as_of"
 
 ACCOUNT_HOLDER = "SELECT id, username, role, active FROM {s}.users WHERE id = %s"
 
-# Now, at the start of the day, and at its end (after its payout, if any).
-ACCOUNT_BALANCES = """
-SELECT coalesce(sum(amount), 0)::numeric(12,2) AS balance,
-       coalesce(sum(amount) FILTER (
-           WHERE (kind <> 'payout' AND created_at < %s) OR (kind = 'payout' AND day < %s)
-       ), 0)::numeric(12,2) AS opening,
-       coalesce(sum(amount) FILTER (
-           WHERE (kind <> 'payout' AND created_at < %s) OR (kind = 'payout' AND day <= %s)
-       ), 0)::numeric(12,2) AS closing
-  FROM {s}.ledger WHERE user_id = %s
+# Whose account, its balance now, at the start of the day and at its end
+# (after its payout, if any), whether the day is closed, and how fresh.
+ACCOUNT_SUMMARY = f"""
+SELECT u.id, u.username, u.role, u.active, b.balance, b.opening, b.closing,
+       c.closed_at, c.early, {AS_OF} AS as_of
+  FROM (SELECT %s::bigint AS id) me
+  LEFT JOIN {{s}}.users u ON u.id = me.id
+ CROSS JOIN LATERAL (
+    SELECT coalesce(sum(amount), 0)::numeric(12,2) AS balance,
+           coalesce(sum(amount) FILTER (
+               WHERE (kind <> 'payout' AND created_at < %s) OR (kind = 'payout' AND day < %s)
+           ), 0)::numeric(12,2) AS opening,
+           coalesce(sum(amount) FILTER (
+               WHERE (kind <> 'payout' AND created_at < %s) OR (kind = 'payout' AND day <= %s)
+           ), 0)::numeric(12,2) AS closing
+      FROM {{s}}.ledger WHERE user_id = me.id) b
+  LEFT JOIN {{s}}.closed_days c ON c.day = %s
 """
 
 ACCOUNT_ENTRIES = """
@@ -102,29 +114,32 @@ async def data_as_of(books):
     return row.as_of
 
 
-async def account_holder(books, master, user_id):
-    """Whose account this is. A popug created since the last replication cycle is
-    not in the replica yet: their name comes from the master (their account is
-    empty there, until the next cycle)."""
-    rows = await books.fetch_all(ACCOUNT_HOLDER, user_id)
-    if not rows:
-        rows = await master.fetch_all(ACCOUNT_HOLDER.replace("{s}", "core"), user_id)
-    if not rows:
-        raise UserError(404, f"There is no popug #{user_id}.")
-    return rows[0]
-
-
-async def account_day(books, calendar, user_id, day):
+async def account_day(books, master, calendar, user_id, day):
     """One popug's account for one business day: balances and the day's entries.
 
-    Returns a dict: balance (now), opening and closing (of the day), entries
-    (each with the balance after it), truncated (more than ENTRIES_LIMIT).
-    Every sum is exact: numeric in SQL, Decimal here.
+    Returns a dict: holder (id, username, role, active), balance (now),
+    opening and closing (of the day), entries (each with the balance after
+    it), truncated (more than ENTRIES_LIMIT), closed (closed_at and early, or
+    None), as_of (the replica's snapshot time). Every sum is exact: numeric
+    in SQL, Decimal here.
     """
     starts, ends = calendar.bounds(day)
-    bal = await books.fetch_one(ACCOUNT_BALANCES, starts, day, ends, day, user_id)
+    bal = await books.fetch_one(
+        ACCOUNT_SUMMARY, user_id, starts, day, ends, day, day, prepare_as="account_summary"
+    )
+    holder = bal
+    if bal.id is None:
+        # A popug created since the last replication cycle is not in the
+        # replica yet: their name comes from the master (the account is empty
+        # here until the next cycle).
+        rows = await master.fetch_all(ACCOUNT_HOLDER.replace("{s}", "core"), user_id)
+        if not rows:
+            raise UserError(404, f"There is no popug #{user_id}.")
+        holder = rows[0]
     opening = bal.opening
-    entries = await books.fetch_all(ACCOUNT_ENTRIES, user_id, starts, ends, day, ENTRIES_LIMIT + 1)
+    entries = await books.fetch_all(
+        ACCOUNT_ENTRIES, user_id, starts, ends, day, ENTRIES_LIMIT + 1, prepare_as="account_entries"
+    )
     truncated = len(entries) > ENTRIES_LIMIT
     entries = entries[:ENTRIES_LIMIT]
     running = opening
@@ -132,6 +147,9 @@ async def account_day(books, calendar, user_id, day):
         running += e.amount
         e["balance_after"] = running
     return {
+        "holder": holder,
+        "closed": bal if bal.closed_at is not None else None,
+        "as_of": bal.as_of,
         "day": day,
         "starts": starts,
         "ends": ends,
@@ -172,7 +190,7 @@ async def assignable_roles(db):
 # --- management earnings -------------------------------------------------------------
 
 # One row per requested day, in order, from the ranges computed in Python.
-DAILY_FIGURES = """
+DAILY_FIGURES = f"""
 WITH d AS (
     SELECT * FROM unnest(%s::date[], %s::timestamptz[], %s::timestamptz[]) AS d(day, starts, ends)
 ), moves AS (
@@ -181,19 +199,21 @@ WITH d AS (
            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'reward'), 0) AS rewards,
            count(l.kind) FILTER (WHERE l.kind = 'fee') AS assigned,
            count(l.kind) FILTER (WHERE l.kind = 'reward') AS completed
-      FROM d LEFT JOIN {s}.ledger l
+      FROM d LEFT JOIN {{s}}.ledger l
         ON l.created_at >= d.starts AND l.created_at < d.ends AND l.kind IN ('fee', 'reward')
      GROUP BY d.day
 ), paid AS (
     SELECT day, -sum(amount) AS payouts, count(*) AS popugs_paid
-      FROM {s}.ledger
+      FROM {{s}}.ledger
      WHERE kind = 'payout' AND day BETWEEN %s AND %s
      GROUP BY day
 )
 SELECT m.day, m.fees::numeric(12,2) AS fees, m.rewards::numeric(12,2) AS rewards,
        (m.fees - m.rewards)::numeric(12,2) AS earnings, m.assigned, m.completed,
-       coalesce(p.payouts, 0)::numeric(12,2) AS payouts, coalesce(p.popugs_paid, 0) AS popugs_paid
+       coalesce(p.payouts, 0)::numeric(12,2) AS payouts, coalesce(p.popugs_paid, 0) AS popugs_paid,
+       c.closed_at, c.early, {AS_OF} AS as_of
   FROM moves m LEFT JOIN paid p ON p.day = m.day
+  LEFT JOIN {{s}}.closed_days c ON c.day = m.day
  ORDER BY m.day
 """
 
@@ -202,19 +222,20 @@ async def daily_figures(books, calendar, first, last):
     """Per business day from first to last: fees, rewards, earnings, assignments,
     completions and payouts. Earnings = fees charged - rewards credited."""
     day_list, starts, ends = _bounds_arrays(calendar, days.day_range(first, last))
-    return await books.fetch_all(DAILY_FIGURES, day_list, starts, ends, first, last)
-
-
-async def closed_days(db, first, last):
-    """{day: row} of core.closed_days in the range (the close's own record, on the master)."""
-    rows = await db.fetch_all(
-        "SELECT * FROM core.closed_days WHERE day BETWEEN %s AND %s", first, last
+    return await books.fetch_all(
+        DAILY_FIGURES, day_list, starts, ends, first, last, prepare_as="daily_figures"
     )
-    return {r.day: r for r in rows}
 
 
 async def last_closed_day(db):
+    """The latest closed business day, on the master."""
     row = await db.fetch_one("SELECT max(day) AS day FROM core.closed_days")
+    return row.day
+
+
+async def last_closed_day_in(books):
+    """The latest closed business day, as the replica has it."""
+    row = await books.fetch_one("SELECT max(day) AS day FROM {s}.closed_days")
     return row.day
 
 

@@ -167,12 +167,24 @@ REPLICABLE_COLUMNS = {
         "completed_at",
     ],
     "ledger": ["id", "user_id", "task_id", "kind", "amount", "created_at", "day"],
+    "closed_days": [
+        "id",
+        "day",
+        "starts_at",
+        "ends_at",
+        "closed_at",
+        "early",
+        "popugs_paid",
+        "total_paid",
+        "closed_by",
+    ],
 }
 # What accounting reads from its replica.
 ACCOUNTING_NEEDS = {
     "ledger": ["user_id", "task_id", "kind", "amount", "created_at", "day"],
     "tasks": ["title", "description"],
     "users": ["username", "role", "active"],
+    "closed_days": ["day", "closed_at", "early", "popugs_paid", "total_paid"],
 }
 DEFAULT_REPLICAS = {
     "accounting": {"schema": "accounting", "dsn": None, "tables": REPLICABLE_COLUMNS},
