@@ -267,19 +267,25 @@ def log_in(chrome, username, password):
     chrome.find_element(By.ID, "login-submit").click()
 
 
+def open_accounting(chrome, port, db_dsn, username, path):
+    """kiwi (a worker with a seeded account) and mango (an accountant) exist, the
+    replica has kiwi's entries; log in as `username` on accounting's `path`."""
+    kiwi = add_user(db_dsn, "kiwi", "worker", "kiwi-password")
+    mango = add_user(db_dsn, "mango", "accountant", "mango-password")
+    seed_account(db_dsn, kiwi, mango)
+    wait_replicated(db_dsn, 3)
+    accounting = f"http://accounting.uberpopug.localhost:{port}"
+    chrome.get(f"{accounting}{path}")
+    log_in(chrome, username, f"{username}-password")
+    assert wait_url(chrome, f"{accounting}{path}") == f"{accounting}{path}"
+    return accounting, kiwi, mango
+
+
 def test_worker_reads_own_account_day_by_day_and_no_other(live_system, chrome, db_dsn):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = live_system
-    kiwi = add_user(db_dsn, "kiwi", "worker", "kiwi-password")
-    mango = add_user(db_dsn, "mango", "worker", "mango-password")
-    seed_account(db_dsn, kiwi, mango)
-    wait_replicated(db_dsn, 3)
-    accounting = f"http://accounting.uberpopug.localhost:{port}"
-    chrome.get(f"{accounting}/")
-    log_in(chrome, "kiwi", "kiwi-password")
-    assert wait_url(chrome, f"{accounting}/") == f"{accounting}/"
+    accounting, kiwi, mango = open_accounting(chrome, live_system, db_dsn, "kiwi", "/")
     # 30.00 - 12.50 yesterday (not closed: nothing paid), - 14.00 today.
     assert chrome.find_element(By.ID, "balance").text == "3.50"
     assert chrome.find_element(By.ID, "opening").text == "17.50"
@@ -305,15 +311,7 @@ def test_worker_reads_own_account_day_by_day_and_no_other(live_system, chrome, d
 def test_accountant_sees_earnings_chart_and_any_account(live_system, chrome, db_dsn):
     from selenium.webdriver.common.by import By
 
-    port = live_system
-    kiwi = add_user(db_dsn, "kiwi", "worker", "kiwi-password")
-    add_user(db_dsn, "plum", "accountant", "plum-password")
-    seed_account(db_dsn, kiwi, kiwi)
-    wait_replicated(db_dsn, 3)
-    accounting = f"http://accounting.uberpopug.localhost:{port}"
-    chrome.get(f"{accounting}/overview")
-    log_in(chrome, "plum", "plum-password")
-    assert wait_url(chrome, f"{accounting}/overview") == f"{accounting}/overview"
+    accounting, kiwi, _ = open_accounting(chrome, live_system, db_dsn, "mango", "/overview")
     # Today: one fee of 14.00 charged, nothing credited.
     assert chrome.find_element(By.ID, "earnings-today").text == "14.00"
     assert chrome.find_element(By.ID, "assigned-today").text == "1"
