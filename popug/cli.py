@@ -24,6 +24,7 @@ EPILOG = """commands:
   create-user NAME  create a user; the password is read from a prompt, or from stdin
   set-password NAME reset a user's password (prompt or stdin); their sessions end
   replicate         one replication cycle now (--full REPLICA: a full copy; --verify: compare)
+  close-day         close the ended business days: pay out positive balances (--through DAY)
   dbshell           psql on the database in use (SQL from stdin when it is not a terminal)
 
 Environment: POPUG_<KEY> overrides a config key, POPUG_<SECTION>__<KEY> a nested one
@@ -432,20 +433,25 @@ def cmd_close_day(args, config):
         rows = await queries.close_days_through(
             db, calendar, through, "popug close-day", public_url(config, "accounting")
         )
-        return rows, await queries.last_closed_day(db)
+        return rows, await queries.last_closed_day(db), await queries.first_entry_day(db, calendar)
 
     status, result = run_with_database(config, close)
     if status:
         return status
-    rows, last = result
+    rows, last, first_entry = result
     for r in rows:
         print(
             f"{r.day} closed{' early' if r.early else ''}: {r.popugs_paid} "
             f"popug{'s' if r.popugs_paid != 1 else ''} paid, {r.total_paid} in total"
         )
     if not rows:
-        if last is None:
+        if first_entry is None:
             print(f"nothing to close through {through}: the ledger has no entries yet")
+        elif last is None:
+            print(
+                f"nothing to close through {through}: the first entry is on {first_entry} "
+                f"(close it early with --through {first_entry})"
+            )
         else:
             print(f"nothing to close: every day through {last} is closed already")
     return 0

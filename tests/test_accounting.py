@@ -278,7 +278,8 @@ async def test_the_payout_email_lands_in_the_maildir_with_amount_and_day(env):
     assert msg["To"] == "kiwi@popug.test"
     assert msg["Subject"] == "Payout for 2026-11-10: 20.00"
     body = msg.get_content()
-    assert "balance at its end was 20.00" in body and "2026-11-10 (UTC" in body
+    assert "The business day 2026-11-10 (UTC, days change at 00:00) is closed." in body
+    assert "Your balance then was 20.00, and it has been paid out to you." in body
     assert "http://accounting.test/?day=2026-11-10" in body
 
 
@@ -399,8 +400,12 @@ async def test_a_simulated_day_matches_an_independent_recomputation(env):
 
     rows = await close(env, today)  # closing the current day early, as the CLI may
     assert rows[0].early and rows[0].total_paid == sum(b for b in balance.values() if b > 0)
-    assert await Notifier(env.config, env.db).deliver_due() is not None
-    paid_mail = {m["To"]: m["Subject"] for m in mails(env.config) if "Payout" in m["Subject"]}
+    notifier = Notifier(env.config, env.db)
+    while (await notifier.deliver_due())[0]:
+        pass
+    payout_mails = [m for m in mails(env.config) if "Payout" in m["Subject"]]
+    assert all("was closed early, at " in m.get_content() for m in payout_mails)
+    paid_mail = {m["To"]: m["Subject"] for m in payout_mails}
     assert paid_mail == {
         f"w{i}@popug.test": f"Payout for {today}: {balance[w.user.id]:.2f}"
         for i, w in enumerate(workers)
@@ -433,17 +438,47 @@ async def test_overview_and_accounts_pages_for_an_accountant(env):
     r = await browser.get("accounting", f"/accounts/{worker.user.id}?day={yesterday}")
     assert r.status == 200 and "Payout for" in r.text and "Sort seeds" in r.text
     assert "Figures as of" in r.text
+    # Before the first day with entries there is nothing to close; today has no "next".
+    before = yesterday - dt.timedelta(days=1)
+    r = await browser.get("accounting", f"/accounts/{worker.user.id}?day={before}")
+    assert "Nothing to close on this day" in r.text
+    r = await browser.get("accounting", f"/overview?from={before}&to={yesterday}")
+    assert "no entries" in r.text.split(f'id="day-{before}"')[1].split("</tr>")[0]
+    r = await browser.get("accounting", f"/accounts/{worker.user.id}")
+    assert 'id="next-day"' not in r.text and 'id="prev-day"' in r.text
 
 
 def test_close_day_command_pays_once_however_often_it_runs(db_dsn, tmp_path):
     import psycopg2
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
+    env.update(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path / "var"))
+    cmd = [sys.executable, str(REPO / "bin" / "popug"), "close-day"]
+
+    def close_day(*args):
+        r = subprocess.run(cmd + list(args), env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert "the ledger has no entries yet" in close_day()
     with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO core.users (username, password_hash, role, email)"
             " VALUES ('kiwi', 'x', 'worker', 'kiwi@popug.test') RETURNING id"
         )
         kiwi = cur.fetchone()[0]
+        cur.execute(
+            "INSERT INTO core.tasks (title, assignee_id, assign_fee, reward, created_by)"
+            " VALUES ('New task', %s, 10, 25, %s) RETURNING id",
+            (kiwi, kiwi),
+        )
+        cur.execute(
+            "INSERT INTO core.ledger (user_id, task_id, kind, amount) VALUES (%s, %s, 'fee', -10)",
+            (kiwi, cur.fetchone()[0]),
+        )
+    today = dt.datetime.now(UTC).date()
+    assert f"the first entry is on {today}" in close_day()
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO core.tasks (title, assignee_id, assign_fee, reward, created_by,"
             " created_at, assigned_at, status, completed_at)"
@@ -458,14 +493,14 @@ def test_close_day_command_pays_once_however_often_it_runs(db_dsn, tmp_path):
             " (%s, %s, 'reward', 25, now() - interval '2 days')",
             (kiwi, task, kiwi, task),
         )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
-    env.update(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path / "var"))
-    cmd = [sys.executable, str(REPO / "bin" / "popug"), "close-day"]
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0, first.stderr
-    assert "1 popug paid, 15.00 in total" in first.stdout
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and "nothing to close" in again.stdout
+    # Two days ago: +15.00, paid; yesterday: nothing to pay; today's fee is not in either.
+    first = close_day().splitlines()
+    two_days_ago, yesterday = today - dt.timedelta(days=2), today - dt.timedelta(days=1)
+    assert first == [
+        f"{two_days_ago} closed: 1 popug paid, 15.00 in total",
+        f"{yesterday} closed: 0 popugs paid, 0.00 in total",
+    ]
+    assert f"every day through {yesterday} is closed already" in close_day()
     bad = subprocess.run(
         cmd + ["--through", "2999-01-01"], env=env, capture_output=True, text=True, timeout=60
     )
@@ -487,3 +522,23 @@ def test_config_refuses_an_unknown_zone_and_a_bad_cutoff():
         assert words in str(e.value)
     cfg = load_config(None, environ={"POPUG_ACCOUNTING__DAY_CUTOFF": "12:30"})
     assert cfg.accounting.day_cutoff == "12:30"
+
+
+def test_links_in_emails_use_the_public_port_or_none_behind_a_proxy():
+    from popug.common.config import load_config
+    from popug.common.web import public_url
+
+    assert public_url(load_config(None, environ={}), "accounting") == (
+        "http://accounting.uberpopug.localhost:8888/"
+    )
+    behind_proxy = load_config(None, environ={"POPUG_SERVER__XHEADERS": "true"})
+    assert public_url(behind_proxy, "accounting") == "http://accounting.uberpopug.localhost/"
+    other_process = load_config(
+        None,
+        environ={
+            "POPUG_SERVER__PORT": "8002",
+            "POPUG_SERVER__PUBLIC_PORT": "8443",
+            "POPUG_SERVER__PUBLIC_SCHEME": "https",
+        },
+    )
+    assert public_url(other_process, "auth", "/x") == "https://auth.uberpopug.localhost:8443/x"

@@ -93,7 +93,8 @@ class AccountingPage(AccountingMixin, PageHandler):
             is_self=account["holder"].id == self.current_user.id,
             today=self.calendar.today(),
             prev_day=day - dt.timedelta(days=1) if day > days.FIRST_DAY else None,
-            next_day=day + dt.timedelta(days=1) if day < days.LAST_DAY else None,
+            # The future has no entries: the navigation stops at today.
+            next_day=day + dt.timedelta(days=1) if day < self.calendar.today() else None,
             calendar=self.calendar,
             interval=self.config.replication.interval_s,
             local=self.calendar.local,
@@ -163,7 +164,7 @@ class OverviewHandler(AccountingPage):
             today=today,
             first=first,
             last=last,
-            last_closed=await q.last_closed_day_in(books),
+            closed_span=await q.closed_span_in(books),
             chart=chart,
             as_of=today_row[0].as_of,
             calendar=self.calendar,

@@ -82,7 +82,8 @@ ACCOUNT_HOLDER = "SELECT id, username, role, active FROM {s}.users WHERE id = %s
 # (after its payout, if any), whether the day is closed, and how fresh.
 ACCOUNT_SUMMARY = f"""
 SELECT u.id, u.username, u.role, u.active, b.balance, b.opening, b.closing,
-       c.closed_at, c.early, {AS_OF} AS as_of
+       c.closed_at, c.early, {AS_OF} AS as_of,
+       (SELECT min(day) FROM {{s}}.closed_days) AS first_closed
   FROM (SELECT %s::bigint AS id) me
   LEFT JOIN {{s}}.users u ON u.id = me.id
  CROSS JOIN LATERAL (
@@ -150,6 +151,8 @@ async def account_day(books, master, calendar, user_id, day):
         "holder": holder,
         "closed": bal if bal.closed_at is not None else None,
         "as_of": bal.as_of,
+        # Days before the first closed one had no entries: nothing to close.
+        "first_closed": bal.first_closed,
         "day": day,
         "starts": starts,
         "ends": ends,
@@ -233,10 +236,10 @@ async def last_closed_day(db):
     return row.day
 
 
-async def last_closed_day_in(books):
-    """The latest closed business day, as the replica has it."""
-    row = await books.fetch_one("SELECT max(day) AS day FROM {s}.closed_days")
-    return row.day
+async def closed_span_in(books):
+    """(first, last) closed business day as the replica has it; (None, None) before any."""
+    row = await books.fetch_one("SELECT min(day) AS first, max(day) AS last FROM {s}.closed_days")
+    return row.first, row.last
 
 
 # --- the end of a business day (on the master) ------------------------------------------
@@ -263,11 +266,9 @@ WITH owed AS (
 ), mail AS (
     INSERT INTO core.outbox (kind, recipient, subject, body)
     SELECT 'payout', u.email, 'Payout for ' || %s || ': ' || p.amount,
-           'Hello ' || u.username || E',\n\nThe business day ' || %s || ' (' || %s
-           || E') is closed.\nYour balance at its end was ' || p.amount
-           || ', and it has been paid out to you: ' || p.amount
-           || E'.\nYour account starts the next day at 0.00.\n\nYour account: ' || %s
-           || E'\n'
+           'Hello ' || u.username || E',\n\n' || %s || E'\nYour balance then was '
+           || p.amount || E', and it has been paid out to you.\n' || %s
+           || E'\n\nYour account: ' || %s || E'\n'
       FROM paid p JOIN core.users u ON u.id = p.user_id
      WHERE u.email <> ''
 )
@@ -299,22 +300,38 @@ async def close_business_day(db, calendar, day, closed_by, account_url, now=None
         if done:
             return None
         label = day.isoformat()
+        early = now < ends
+        if early:
+            at = calendar.local(now).strftime("%H:%M %Z")
+            headline = (
+                f"The business day {label} ({calendar.describe()}) was closed early, at {at}."
+            )
+            tail = "What comes in later that day counts toward the next payout."
+        else:
+            headline = f"The business day {label} ({calendar.describe()}) is closed."
+            tail = "Your account starts the next day at 0.00."
         return await db.fetch_one(
             CLOSE_DAY,
             ends,
             day,
             day,
             label,
-            label,
-            calendar.describe(),
+            headline,
+            tail,
             f"{account_url}?day={label}",
             day,
             starts,
             ends,
-            now < ends,
+            early,
             closed_by,
             cur=cur,
         )
+
+
+async def first_entry_day(db, calendar):
+    """The business day of the first ledger entry; None for an empty ledger."""
+    row = await db.fetch_one("SELECT min(created_at) AS first FROM core.ledger")
+    return calendar.day_of(row.first) if row.first else None
 
 
 async def first_day_to_close(db, calendar, now=None):
@@ -322,8 +339,7 @@ async def first_day_to_close(db, calendar, now=None):
     last = await last_closed_day(db)
     if last is not None:
         return last + dt.timedelta(days=1)
-    row = await db.fetch_one("SELECT min(created_at) AS first FROM core.ledger")
-    return calendar.day_of(row.first) if row.first else calendar.today(now)
+    return await first_entry_day(db, calendar) or calendar.today(now)
 
 
 async def close_days_through(db, calendar, through, closed_by, account_url, now=None):

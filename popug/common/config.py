@@ -55,6 +55,18 @@ SCHEMA = {
         "address": (str, "127.0.0.1", None, "an IP address to listen on"),
         "port": (int, 8888, lambda v: 0 < v < 65536, "a TCP port number 1-65535"),
         "xheaders": (bool, False, None, "true behind a reverse proxy that sets X-Real-Ip"),
+        "public_scheme": (
+            str,
+            "http",
+            lambda v: v in ("http", "https"),
+            "http or https, for links in emails",
+        ),
+        "public_port": (
+            (int, type(None)),
+            None,
+            lambda v: v is None or 0 < v < 65536,
+            "the port in links in emails (1-65535), or null for this process's port",
+        ),
         "cookie_secret": (
             (str, type(None)),
             None,

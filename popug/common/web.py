@@ -91,12 +91,15 @@ def database_unavailable(exc):
 def public_url(config, service, path="/"):
     """A service's address for text written without a request (emails from background duties).
 
-    Behind a reverse proxy (server.xheaders) the public port is the proxy's,
-    so none is named; otherwise it is the port this process listens on.
+    server.public_port when set; else behind a reverse proxy (server.xheaders)
+    the proxy's default port, so none is named; else this process's port.
     """
-    port = config.server.port
-    suffix = "" if config.server.xheaders or port == 80 else f":{port}"
-    return f"http://{config.hosts[service]}{suffix}{path}"
+    scheme = config.server.public_scheme
+    port = config.server.public_port
+    if port is None and not config.server.xheaders:
+        port = config.server.port
+    suffix = "" if port is None or port == DEFAULT_PORTS[scheme] else f":{port}"
+    return f"{scheme}://{config.hosts[service]}{suffix}{path}"
 
 
 class Flash(typing.NamedTuple):
