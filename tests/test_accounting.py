@@ -312,16 +312,20 @@ async def test_the_service_closes_three_missed_days_in_order_on_start(env):
     cal = calendar(env)
     worker = await env.api("worker")
     today = cal.today()
-    missed = [today - dt.timedelta(days=n) for n in (3, 2, 1)]
-    for n, day in enumerate(missed):
+    ran, missed = today - dt.timedelta(days=4), [today - dt.timedelta(days=n) for n in (3, 2, 1)]
+    for n, day in enumerate([ran] + missed):
         t = await add_task(env, worker.user, cal.starts(day) + dt.timedelta(hours=1), fee="10.00")
         await complete(env, t, cal.starts(day) + dt.timedelta(hours=2))  # +20.00 net
-        if n == 1:  # the middle day also leaves a task open: 20.00 - 15.00
+        if n == 2:  # the middle missed day also leaves a task open: 20.00 - 15.00
             await add_task(env, worker.user, cal.starts(day) + dt.timedelta(hours=3))
+    # The service ran until four days ago (that day was closed), then was down.
+    [first] = await close(env, ran, cal=cal)
+    assert first.total_paid == D("20.00")  # only what was owed at that cut-off
     closer = DayCloser(env.config, env.db)
     rows = await closer.run_once()
     assert [r.day for r in rows] == missed
     assert await payouts(env) == [
+        (worker.user.id, ran, D("-20.00")),
         (worker.user.id, missed[0], D("-20.00")),
         (worker.user.id, missed[1], D("-5.00")),
         (worker.user.id, missed[2], D("-20.00")),
@@ -438,12 +442,12 @@ async def test_overview_and_accounts_pages_for_an_accountant(env):
     r = await browser.get("accounting", f"/accounts/{worker.user.id}?day={yesterday}")
     assert r.status == 200 and "Payout for" in r.text and "Sort seeds" in r.text
     assert "Figures as of" in r.text
-    # Before the first day with entries there is nothing to close; today has no "next".
+    # A day before the first close was paid by it; today has no "next".
     before = yesterday - dt.timedelta(days=1)
     r = await browser.get("accounting", f"/accounts/{worker.user.id}?day={before}")
-    assert "Nothing to close on this day" in r.text
+    assert f"the first close ({yesterday}) paid out everything owed up to then" in r.text
     r = await browser.get("accounting", f"/overview?from={before}&to={yesterday}")
-    assert "no entries" in r.text.split(f'id="day-{before}"')[1].split("</tr>")[0]
+    assert "before the first close" in r.text.split(f'id="day-{before}"')[1].split("</tr>")[0]
     r = await browser.get("accounting", f"/accounts/{worker.user.id}")
     assert 'id="next-day"' not in r.text and 'id="prev-day"' in r.text
 
@@ -493,13 +497,10 @@ def test_close_day_command_pays_once_however_often_it_runs(db_dsn, tmp_path):
             " (%s, %s, 'reward', 25, now() - interval '2 days')",
             (kiwi, task, kiwi, task),
         )
-    # Two days ago: +15.00, paid; yesterday: nothing to pay; today's fee is not in either.
-    first = close_day().splitlines()
-    two_days_ago, yesterday = today - dt.timedelta(days=2), today - dt.timedelta(days=1)
-    assert first == [
-        f"{two_days_ago} closed: 1 popug paid, 15.00 in total",
-        f"{yesterday} closed: 0 popugs paid, 0.00 in total",
-    ]
+    # The first close pays everything owed up to the end of yesterday at once
+    # (+15.00 from two days ago); today's fee is not in it.
+    yesterday = today - dt.timedelta(days=1)
+    assert close_day().splitlines() == [f"{yesterday} closed: 1 popug paid, 15.00 in total"]
     assert f"every day through {yesterday} is closed already" in close_day()
     bad = subprocess.run(
         cmd + ["--through", "2999-01-01"], env=env, capture_output=True, text=True, timeout=60
@@ -542,3 +543,64 @@ def test_links_in_emails_use_the_public_port_or_none_behind_a_proxy():
         },
     )
     assert public_url(other_process, "auth", "/x") == "https://auth.uberpopug.localhost:8443/x"
+
+
+@pytest.mark.gen_test
+async def test_a_day_the_zone_skipped_is_closed_empty_and_the_next_days_follow(env):
+    # Samoa skipped 2011-12-30 when it moved across the date line.
+    env.config.accounting["timezone"] = "Pacific/Apia"
+    cal = calendar(env)
+    assert cal.bounds(dt.date(2011, 12, 30))[0] == cal.bounds(dt.date(2011, 12, 30))[1]
+    worker = await env.api("worker")
+    day = dt.date(2011, 12, 29)
+    t = await add_task(env, worker.user, cal.starts(day) + dt.timedelta(hours=2), fee="10.00")
+    await close(env, day, now=cal.bounds(day)[1], cal=cal)
+    await complete(env, t, cal.starts(dt.date(2011, 12, 31)) + dt.timedelta(hours=2))
+    rows = await close(env, dt.date(2012, 1, 2), now=cal.bounds(dt.date(2012, 1, 2))[1], cal=cal)
+    assert [(str(r.day), r.total_paid) for r in rows] == [
+        ("2011-12-30", D("0.00")),
+        ("2011-12-31", D("20.00")),
+        ("2012-01-01", D("0.00")),
+        ("2012-01-02", D("0.00")),
+    ]
+
+
+def test_a_zone_name_that_is_a_folder_is_a_config_error():
+    from popug.common.config import ConfigError, load_config
+
+    for name in ("America", "Etc", "x" * 300, "../../etc/passwd"):
+        with pytest.raises(ConfigError):
+            load_config(None, environ={"POPUG_ACCOUNTING__TIMEZONE": name})
+
+
+@pytest.mark.gen_test
+async def test_the_very_first_close_pays_the_history_in_one_payout(env):
+    cal = calendar(env)
+    worker = await env.api("worker")
+    today = cal.today()
+    for n in (5, 3, 1):
+        day = today - dt.timedelta(days=n)
+        t = await add_task(env, worker.user, cal.starts(day) + dt.timedelta(hours=1), fee="10.00")
+        await complete(env, t, cal.starts(day) + dt.timedelta(hours=2))  # +20.00 net
+    rows = await DayCloser(env.config, env.db).run_once()
+    yesterday = today - dt.timedelta(days=1)
+    assert [(r.day, r.total_paid) for r in rows] == [(yesterday, D("60.00"))]
+    assert await payouts(env) == [(worker.user.id, yesterday, D("-60.00"))]
+
+
+@pytest.mark.gen_test
+async def test_what_comes_after_an_early_close_is_paid_by_the_next_close(env):
+    cal = calendar(env)
+    worker = await env.api("worker")
+    day = dt.date(2026, 11, 12)
+    starts, ends = cal.bounds(day)
+    t1 = await add_task(env, worker.user, starts + dt.timedelta(hours=1), fee="10.00")
+    await complete(env, t1, starts + dt.timedelta(hours=2))
+    [early] = await close(env, day, now=starts + dt.timedelta(hours=3))
+    assert early.early and early.total_paid == D("20.00")
+    t2 = await add_task(env, worker.user, starts + dt.timedelta(hours=4), fee="12.00")
+    await complete(env, t2, starts + dt.timedelta(hours=5))  # +18.00, after the close
+    assert await close(env, day, now=ends + dt.timedelta(seconds=1)) == []  # closed once
+    [next_day] = await close(env, day + dt.timedelta(days=1), now=ends + dt.timedelta(days=1))
+    assert next_day.total_paid == D("18.00")
+    assert await master_balance(env, worker.user.id) == 0

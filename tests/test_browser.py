@@ -281,7 +281,7 @@ def open_accounting(chrome, port, db_dsn, username, path):
     return accounting, kiwi, mango
 
 
-def test_worker_reads_own_account_day_by_day_and_no_other(live_system, chrome, db_dsn):
+def test_worker_reads_own_account_day_by_day_and_no_other(live_system, chrome, db_dsn, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -298,6 +298,7 @@ def test_worker_reads_own_account_day_by_day_and_no_other(live_system, chrome, d
     assert "Count the seeds" in yesterday and "twice" in yesterday
     assert "-12.50" in yesterday and "30.00" in yesterday
     assert chrome.find_element(By.ID, "closing").text == "17.50"
+    chrome.save_screenshot(str(tmp_path / "worker-yesterday.png"))
     # The date picker is a plain GET form.
     chrome.execute_script("document.getElementById('day').value = '2026-01-01'")
     chrome.find_element(By.ID, "show-day").click()
@@ -308,7 +309,7 @@ def test_worker_reads_own_account_day_by_day_and_no_other(live_system, chrome, d
     assert "not allowed to see other popugs' accounts" in chrome.page_source
 
 
-def test_accountant_sees_earnings_chart_and_any_account(live_system, chrome, db_dsn):
+def test_accountant_sees_earnings_chart_and_any_account(live_system, chrome, db_dsn, tmp_path):
     from selenium.webdriver.common.by import By
 
     accounting, kiwi, _ = open_accounting(chrome, live_system, db_dsn, "mango", "/overview")
@@ -321,6 +322,7 @@ def test_accountant_sees_earnings_chart_and_any_account(live_system, chrome, db_
     assert len(rows) == 30
     # Yesterday: fee 12.50 - reward 30.00.
     assert "-17.50" in rows[1].text
+    chrome.save_screenshot(str(tmp_path / "overview.png"))
     chrome.find_element(By.ID, "nav-accounts").click()
     wait_url(chrome, f"{accounting}/accounts")
     chrome.find_element(By.LINK_TEXT, "kiwi").click()

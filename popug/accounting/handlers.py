@@ -64,7 +64,9 @@ class AccountingMixin:
         """from/to (inclusive), default the last DEFAULT_RANGE_DAYS days up to today."""
         today = self.calendar.today()
         last = self.day_argument("to", today)
-        first = self.day_argument("from", last - dt.timedelta(days=DEFAULT_RANGE_DAYS - 1))
+        first = self.day_argument(
+            "from", max(days.FIRST_DAY, last - dt.timedelta(days=DEFAULT_RANGE_DAYS - 1))
+        )
         if first > last:
             raise UserError(400, f"from ({first}) is after to ({last})")
         if (last - first).days >= MAX_RANGE_DAYS:
@@ -170,8 +172,8 @@ class OverviewHandler(AccountingPage):
             calendar=self.calendar,
             interval=self.config.replication.interval_s,
             local=self.calendar.local,
-            span=(last - first).days + 1,
             shift=dt.timedelta(days=(last - first).days + 1),
+            first_day=days.FIRST_DAY,
         )
 
 

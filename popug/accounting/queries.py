@@ -334,12 +334,18 @@ async def first_entry_day(db, calendar):
     return calendar.day_of(row.first) if row.first else None
 
 
-async def first_day_to_close(db, calendar, now=None):
-    """The day after the last closed one; with none closed, the day of the first entry."""
+async def first_day_to_close(db, calendar, through, now=None):
+    """The day after the last closed one.
+
+    With none closed yet, `through` itself (never before the first entry): the
+    very first close pays everything owed up to then in one payout, instead of
+    one payout and one email per day of history from before accounting ran.
+    """
     last = await last_closed_day(db)
     if last is not None:
         return last + dt.timedelta(days=1)
-    return await first_entry_day(db, calendar) or calendar.today(now)
+    first_entry = await first_entry_day(db, calendar) or calendar.today(now)
+    return max(first_entry, through)
 
 
 async def close_days_through(db, calendar, through, closed_by, account_url, now=None):
@@ -347,6 +353,8 @@ async def close_days_through(db, calendar, through, closed_by, account_url, now=
 
     This is the catch-up after an outage too: days missed while no process
     ran are closed in order, each paying the balance at its own cut-off.
+    A day is closed once: closing today early pays what is owed now, and what
+    the rest of today brings is paid with the next day's close.
     """
     now = now or dt.datetime.now(days.UTC)
     if through > calendar.today(now):
@@ -356,7 +364,7 @@ async def close_days_through(db, calendar, through, closed_by, account_url, now=
             f"{calendar.timezone_name}); the latest day that can be closed is today.",
         )
     closed = []
-    day = await first_day_to_close(db, calendar, now)
+    day = await first_day_to_close(db, calendar, through, now)
     while day <= through:
         row = await close_business_day(db, calendar, day, closed_by, account_url, now)
         if row is not None:

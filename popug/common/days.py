@@ -30,7 +30,8 @@ def zone(name):
     """The zone for an IANA name, or ValueError (used by the config check)."""
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError) as e:
+    # OSError: a name that is a folder of the zone database ("America") or too long.
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError, OSError) as e:
         raise ValueError(f"unknown time zone {name!r}") from e
 
 
