@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench_tracker import free_port, get_token, wait_ready  # noqa: E402
 from popug.accounting import queries as q  # noqa: E402
-from popug.common import days  # noqa: E402
+from popug.common import days, reports  # noqa: E402
 from popug.common.config import load_config  # noqa: E402
 from popug.common.db import Database, apply_migrations  # noqa: E402
 from popug.replicator import engine  # noqa: E402
@@ -229,8 +229,8 @@ def main():
         ]
 
         def per_day_sql(first, last):
-            d, st, en = q._bounds_arrays(calendar, days.day_range(first, last))
-            return [(schema(q.DAILY_FIGURES), (d, st, en, first, last))]
+            d, st, en = reports.bounds_arrays(calendar, days.day_range(first, last))
+            return [(schema(reports.DAILY_FIGURES), (d, st, en, first, last))]
 
         month = (today - dt.timedelta(days=29), today)
         year = (today - dt.timedelta(days=365), today)

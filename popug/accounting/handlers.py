@@ -4,10 +4,10 @@ and the management earnings per day. Thin: parse, call queries, render."""
 import datetime as dt
 
 from popug.accounting import queries as q
-from popug.common import days
+from popug.common import days, reports
 from popug.common.charts import bar_chart
-from popug.common.db import Database
 from popug.common.errors import UserError
+from popug.common.reports import ReportMixin
 from popug.common.web import (
     ApiHandler,
     PageHandler,
@@ -17,61 +17,12 @@ from popug.common.web import (
     parse_id,
 )
 
-DEFAULT_RANGE_DAYS = 30
-MAX_RANGE_DAYS = 366
 
-
-class AccountingMixin:
+class AccountingMixin(ReportMixin):
     service = "accounting"
 
-    @property
-    def calendar(self):
-        settings = self.application.settings
-        if "popug_calendar" not in settings:
-            settings["popug_calendar"] = days.BusinessCalendar.from_config(self.config)
-        return settings["popug_calendar"]
-
-    async def books(self):
-        """The replica this service reads (its own pool when it lives in another database)."""
-        settings = self.application.settings
-        books = settings.get("popug_books")
-        if books is None:
-            name = self.config.accounting.replica
-            spec = self.config.replication.replicas[name]
-            db = self.db
-            if spec["dsn"] is not None:
-                db = await Database.connect(
-                    spec["dsn"],
-                    0,
-                    self.config.database.pool_max,
-                    self.config.database.timeout_s,
-                )
-            books = settings.setdefault(
-                "popug_books", q.Books(db, spec["schema"], self.config.replication.interval_s)
-            )
-        return books
-
-    def day_argument(self, name="day", default=None):
-        text = self.get_argument(name, "")
-        if not text:
-            return default
-        try:
-            return days.parse_day(text, name)
-        except days.BadDate as e:
-            raise UserError(400, str(e)) from None
-
-    def day_range_arguments(self):
-        """from/to (inclusive), default the last DEFAULT_RANGE_DAYS days up to today."""
-        today = self.calendar.today()
-        last = self.day_argument("to", today)
-        first = self.day_argument(
-            "from", max(days.FIRST_DAY, last - dt.timedelta(days=DEFAULT_RANGE_DAYS - 1))
-        )
-        if first > last:
-            raise UserError(400, f"from ({first}) is after to ({last})")
-        if (last - first).days >= MAX_RANGE_DAYS:
-            raise UserError(400, f"a range is at most {MAX_RANGE_DAYS} days; ask for less")
-        return first, last
+    def replica_name(self):
+        return self.config.accounting.replica
 
     def require_account_access(self, user_id):
         """One's own account is always visible; anyone else's needs can_view_accounts."""
@@ -80,7 +31,7 @@ class AccountingMixin:
 
     async def account_view(self, user_id):
         day = self.day_argument("day", self.calendar.today())
-        return await q.account_day(await self.books(), self.db, self.calendar, user_id, day)
+        return await q.account_day(await self.reader(), self.db, self.calendar, user_id, day)
 
 
 class AccountingPage(AccountingMixin, PageHandler):
@@ -131,7 +82,7 @@ class AccountsHandler(AccountingPage):
     @has_perm("can_view_accounts")
     async def get(self):
         search = self.get_argument("q", "").strip()[:100]
-        books = await self.books()
+        books = await self.reader()
         rows = await q.accounts(books, await q.assignable_roles(self.db), search)
         self.render(
             "accounts.html",
@@ -152,9 +103,9 @@ class OverviewHandler(AccountingPage):
     async def get(self):
         first, last = self.day_range_arguments()
         today = self.calendar.today()
-        books = await self.books()
-        figures = await q.daily_figures(books, self.calendar, first, last)
-        today_row = await q.daily_figures(books, self.calendar, today, today)
+        books = await self.reader()
+        figures = await reports.daily_figures(books, self.calendar, first, last)
+        today_row = await reports.daily_figures(books, self.calendar, today, today)
         chart = bar_chart(
             [(f"{r.day:%d.%m}", r.earnings) for r in figures],
             f"Management earnings per day, {first} to {last}",
@@ -252,7 +203,7 @@ class EarningsApiHandler(AccountingApi):
     @api_auth_required
     @has_perm("can_view_accounts")
     async def get(self):
-        books = await self.books()
+        books = await self.reader()
         ranged = self.get_argument("from", "") or self.get_argument("to", "")
         if ranged and self.get_argument("day", ""):
             raise UserError(400, "send either day or from/to, not both")
@@ -260,7 +211,7 @@ class EarningsApiHandler(AccountingApi):
             first, last = self.day_range_arguments()
         else:
             first = last = self.day_argument("day", self.calendar.today())
-        rows = await q.daily_figures(books, self.calendar, first, last)
+        rows = await reports.daily_figures(books, self.calendar, first, last)
         as_of = rows[0].as_of
         if ranged:
             self.write_json(

@@ -14,65 +14,18 @@ before `ends` plus every payout of a day up to D.
 """
 
 import datetime as dt
-import functools
 from decimal import Decimal
 
-import psycopg2
-
 from popug.common import days
-from popug.common.db import Prepared
 from popug.common.errors import UserError
+from popug.common.reports import AS_OF
 
 ZERO = Decimal("0.00")
 ENTRIES_LIMIT = 2000
 ACCOUNTS_LIMIT = 500
 
 
-class Books:
-    """The replica accounting reads: its database and schema."""
-
-    def __init__(self, db, schema, interval_s):
-        self.db = db
-        self.schema = schema
-        self.interval_s = interval_s
-
-    def sql(self, template, prepare_as=None):
-        return _in_schema(template, self.schema, prepare_as)
-
-    async def fetch_all(self, template, *params, prepare_as=None):
-        """Run a statement of this module on the replica; `prepare_as` names the
-        ones run on every page view (prepared once per connection)."""
-        try:
-            return await self.db.fetch_all(self.sql(template, prepare_as), *params)
-        except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as e:
-            # The first cycle has not run yet, or the replica is being repaired.
-            raise UserError(
-                503,
-                "The accounting data is not replicated yet (the replicator fills the "
-                f"{self.schema} replica every {self.interval_s:g} s). Try again in a moment.",
-                headers={"Retry-After": str(max(1, round(self.interval_s)))},
-            ) from e
-
-    async def fetch_one(self, template, *params, prepare_as=None):
-        return (await self.fetch_all(template, *params, prepare_as=prepare_as))[0]
-
-
-@functools.cache
-def _in_schema(template, schema, prepare_as=None):
-    sql = template.replace("{s}", f'"{schema}"')
-    return Prepared(f"{prepare_as}_{schema}", sql) if prepare_as else sql
-
-
-def _bounds_arrays(calendar, day_list):
-    starts, ends = zip(*(calendar.bounds(d) for d in day_list), strict=True)
-    return list(day_list), list(starts), list(ends)
-
-
 # --- accounts ----------------------------------------------------------------------
-
-# When the master snapshot the replica holds was taken (all tables share it).
-AS_OF = """(SELECT min(snapshot_at) FROM {s}._replica_state
-  WHERE table_name IN ('ledger', 'tasks', 'users', 'closed_days'))"""
 
 FRESHNESS = f"SELECT {AS_OF} AS as_of"
 
@@ -190,44 +143,7 @@ async def assignable_roles(db):
     return [r.name for r in rows]
 
 
-# --- management earnings -------------------------------------------------------------
-
-# One row per requested day, in order, from the ranges computed in Python.
-DAILY_FIGURES = f"""
-WITH d AS (
-    SELECT * FROM unnest(%s::date[], %s::timestamptz[], %s::timestamptz[]) AS d(day, starts, ends)
-), moves AS (
-    SELECT d.day,
-           coalesce(-sum(l.amount) FILTER (WHERE l.kind = 'fee'), 0) AS fees,
-           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'reward'), 0) AS rewards,
-           count(l.kind) FILTER (WHERE l.kind = 'fee') AS assigned,
-           count(l.kind) FILTER (WHERE l.kind = 'reward') AS completed
-      FROM d LEFT JOIN {{s}}.ledger l
-        ON l.created_at >= d.starts AND l.created_at < d.ends AND l.kind IN ('fee', 'reward')
-     GROUP BY d.day
-), paid AS (
-    SELECT day, -sum(amount) AS payouts, count(*) AS popugs_paid
-      FROM {{s}}.ledger
-     WHERE kind = 'payout' AND day BETWEEN %s AND %s
-     GROUP BY day
-)
-SELECT m.day, m.fees::numeric(12,2) AS fees, m.rewards::numeric(12,2) AS rewards,
-       (m.fees - m.rewards)::numeric(12,2) AS earnings, m.assigned, m.completed,
-       coalesce(p.payouts, 0)::numeric(12,2) AS payouts, coalesce(p.popugs_paid, 0) AS popugs_paid,
-       c.closed_at, c.early, {AS_OF} AS as_of
-  FROM moves m LEFT JOIN paid p ON p.day = m.day
-  LEFT JOIN {{s}}.closed_days c ON c.day = m.day
- ORDER BY m.day
-"""
-
-
-async def daily_figures(books, calendar, first, last):
-    """Per business day from first to last: fees, rewards, earnings, assignments,
-    completions and payouts. Earnings = fees charged - rewards credited."""
-    day_list, starts, ends = _bounds_arrays(calendar, days.day_range(first, last))
-    return await books.fetch_all(
-        DAILY_FIGURES, day_list, starts, ends, first, last, prepare_as="daily_figures"
-    )
+# --- the close on the master ---------------------------------------------------------
 
 
 async def last_closed_day(db):
