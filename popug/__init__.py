@@ -7,6 +7,3 @@ REPO_DIR = PACKAGE_DIR.parent
 SQL_DIR = REPO_DIR / "sql"
 
 SERVICES = ("landing", "auth", "tracker", "accounting", "analytics", "replicator", "notifier")
-
-# Services whose handler groups exist. The others are announced, not built.
-BUILT_SERVICES = ("landing", "auth", "tracker", "accounting", "replicator", "notifier")

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 
-from popug import BUILT_SERVICES, SERVICES
+from popug import SERVICES
 from popug.common.config import ConfigError, default_config_path, ensure_secret_file, load_config
 
 log = logging.getLogger("popug")
@@ -105,7 +105,8 @@ def build_parser():
     )
     cd = command(
         "close-day",
-        "close the ended business days now: pay out every positive balance, once per day",
+        "close the ended business days now: pay out every positive balance, once per day "
+        "(give it the server's --port or config, for the links in the payout emails)",
     )
     cd.add_argument(
         "--through",
@@ -161,6 +162,7 @@ def prepare_database(config, serving=True):
     """Migrate; on the first start of a server on an empty database, create the admin."""
     from popug.auth.queries import ensure_initial_admin
     from popug.common.db import apply_migrations
+    from popug.common.web import public_url
 
     dsn = database_dsn(config, create=serving)
     apply_migrations(dsn)
@@ -173,7 +175,7 @@ def prepare_database(config, serving=True):
             f"\n  First start on an empty database: created user 'admin'\n"
             f"  password: {password}\n"
             f"  (also in {path}, mode 0600;\n"
-            f"   change it after logging in, at {config.hosts['auth']}/password)\n"
+            f"   change it after logging in, at {public_url(config, 'auth', '/password')})\n"
         )
         print(banner, flush=True)
     return dsn
@@ -187,13 +189,6 @@ def cmd_serve(args, config):
     from popug.common.db import Database
 
     services = "all" if args.service == "all" else [args.service]
-    if args.service != "all" and args.service not in BUILT_SERVICES:
-        print(
-            f"popug: the {args.service} service is not built yet "
-            f"(built: {', '.join(BUILT_SERVICES)})",
-            file=sys.stderr,
-        )
-        return 3
     dsn = prepare_database(config)
     secret = cookie_secret(config)
 
@@ -225,7 +220,7 @@ def cmd_serve(args, config):
         )
         return 1
     port = config.server.port
-    shown = BUILT_SERVICES if services == "all" else services
+    shown = SERVICES if services == "all" else services
     for name in shown:
         log.info("%-10s http://%s:%s/", name, config.hosts[name], port)
     if services == "all":
@@ -276,7 +271,7 @@ def background_duties(config, db, services):
     """Start the periodic jobs of the services this process runs (notifier delivery, ...)."""
     import importlib
 
-    names = BUILT_SERVICES if services == "all" else services
+    names = SERVICES if services == "all" else services
     duties = []
     for name in names:
         module = importlib.import_module(f"popug.{name}")

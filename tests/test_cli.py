@@ -81,13 +81,6 @@ def test_a_config_mistake_stops_the_start_with_one_line(tmp_path):
     assert r.returncode == 2 and "POPUG_DATABSE__DSN: unknown key databse.dsn" in r.stderr
 
 
-def test_a_service_not_built_yet_says_so_and_exits_non_zero(tmp_path):
-    r = popug("--service=analytics", "--data-dir", str(tmp_path))
-    assert r.returncode != 0
-    assert "the analytics service is not built yet" in r.stderr
-    assert not (tmp_path / "pgdata").exists()  # nothing was started for it
-
-
 def test_unknown_service_name_is_refused():
     r = popug("--service=payroll")
     assert r.returncode == 2 and "invalid choice: 'payroll'" in r.stderr

@@ -67,13 +67,6 @@ async def test_unknown_api_path_answers_json(env):
     assert "error" in r.json()
 
 
-@pytest.mark.gen_test
-async def test_unbuilt_service_host_is_a_clear_404(env):
-    r = await Browser(env).get("analytics", "/")
-    assert r.status == 404
-    assert "The analytics service is not available yet" in r.text
-
-
 class TestTrackerOnly:
     @pytest.fixture
     def services(self):

@@ -12,17 +12,13 @@ import re
 
 import tornado.web
 
-from popug import BUILT_SERVICES, PACKAGE_DIR
+from popug import PACKAGE_DIR, SERVICES
 from popug.common import web
 
 STATIC_DIR = PACKAGE_DIR / "common" / "static"
 # Every host group serves the static files itself: a group's catch-all 404
 # would otherwise answer for them.
 STATIC_ROUTE = (r"/static/(.*)", web.StaticHandler, {"path": str(STATIC_DIR)})
-
-
-class ServiceNotBuilt(Exception):
-    pass
 
 
 def common_routes(service):
@@ -42,10 +38,7 @@ def service_routes(name, config):
 def make_app(config, db, services="all", cookie_secret=None, debug=False):
     """Build the Application mounting `services` ("all" or a list of names)."""
     if services == "all":
-        services = list(BUILT_SERVICES)
-    missing = [s for s in services if s not in BUILT_SERVICES]
-    if missing:
-        raise ServiceNotBuilt(missing[0])
+        services = list(SERVICES)
     settings = dict(
         popug_config=config,
         popug_db=db,
@@ -82,7 +75,7 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
             absent = [
                 (r"/healthz", web.HealthHandler),
                 STATIC_ROUTE,
-                (r"/.*", web.ServiceAbsentHandler, {"name": name, "built": name in BUILT_SERVICES}),
+                (r"/.*", web.ServiceAbsentHandler, {"name": name}),
             ]
             app.add_handlers(re.escape(host) + "$", absent)
     return app

@@ -106,6 +106,9 @@ SCHEMA = {
         "replica": (str, "accounting", None, "the name of the replica accounting reads"),
         "close_check_s": ((int, float), 30, _positive, "seconds > 0 between end-of-day checks"),
     },
+    "analytics": {
+        "replica": (str, "analytics", None, "the name of the replica analytics reads"),
+    },
     "notifier": {
         "transport": (str, "maildir", lambda v: v in ("maildir", "smtp"), "maildir or smtp"),
         "from_address": (
@@ -191,12 +194,19 @@ REPLICABLE_COLUMNS = {
         "closed_by",
     ],
 }
-# What accounting reads from its replica.
-ACCOUNTING_NEEDS = {
-    "ledger": ["user_id", "task_id", "kind", "amount", "created_at", "day"],
-    "tasks": ["title", "description"],
-    "users": ["username", "role", "active"],
-    "closed_days": ["day", "closed_at", "early", "popugs_paid", "total_paid"],
+# What each report service reads from its replica.
+REPORT_NEEDS = {
+    "accounting": {
+        "ledger": ["user_id", "task_id", "kind", "amount", "created_at", "day"],
+        "tasks": ["title", "description"],
+        "users": ["username", "role", "active"],
+        "closed_days": ["day", "closed_at", "early", "popugs_paid", "total_paid"],
+    },
+    "analytics": {
+        "ledger": ["user_id", "kind", "amount", "created_at", "day"],
+        "tasks": ["title", "status", "reward", "completed_at"],
+        "closed_days": ["day", "closed_at", "early"],
+    },
 }
 DEFAULT_REPLICAS = {
     "accounting": {"schema": "accounting", "dsn": None, "tables": REPLICABLE_COLUMNS},
@@ -386,19 +396,21 @@ def load_config(path=None, environ=None, overrides=None):
         data_dir = Path.cwd() / data_dir
     config["data_dir"] = str(data_dir)
     config.replication["replicas"] = check_replicas(config.replication.replicas)
-    replica = config.replication.replicas.get(config.accounting.replica)
-    if replica is None:
-        raise ConfigError(
-            f"accounting.replica: no replica named {config.accounting.replica!r} "
-            f"(replicas: {', '.join(config.replication.replicas)})"
-        )
-    for table, needed in ACCOUNTING_NEEDS.items():
-        missing = [c for c in needed if c not in replica["tables"].get(table, [])]
-        if missing:
+    for service, needs in REPORT_NEEDS.items():
+        name = config[service].replica
+        replica = config.replication.replicas.get(name)
+        if replica is None:
             raise ConfigError(
-                f"replication.replicas.{config.accounting.replica}.tables.{table}: "
-                f"accounting needs column {missing[0]!r}"
+                f"{service}.replica: no replica named {name!r} "
+                f"(replicas: {', '.join(config.replication.replicas)})"
             )
+        for table, needed in needs.items():
+            missing = [c for c in needed if c not in replica["tables"].get(table, [])]
+            if missing:
+                raise ConfigError(
+                    f"replication.replicas.{name}.tables.{table}: "
+                    f"{service} needs column {missing[0]!r}"
+                )
     if config.notifier.from_address is None:
         config.notifier["from_address"] = f"UberPopug <popug@{config.domain}>"
     return config

@@ -21,7 +21,6 @@ import tornado.web
 from tornado.escape import url_escape
 from tornado.log import access_log
 
-from popug import BUILT_SERVICES
 from popug.common import sessions
 from popug.common.errors import UserError
 
@@ -51,6 +50,7 @@ PERMISSION_TEXT = {
     "can_view_all_tasks": "see other popugs' tasks",
     "can_manage_users": "manage users",
     "can_view_accounts": "see other popugs' accounts or the management earnings",
+    "can_view_analytics": "see analytics",
 }
 
 
@@ -337,7 +337,6 @@ class BaseHandler(tornado.web.RequestHandler):
             can=self.can,
             service_url=self.service_url,
             service=self.service,
-            built=BUILT_SERVICES,
             user=self.current_user,
             flash=self.pop_flash(),
             money=lambda d: f"{d:,.2f}",
@@ -633,13 +632,8 @@ class ServiceAbsentHandler(NotFoundHandler):
 
     error_back_service = "landing"
 
-    def initialize(self, name, built):
+    def initialize(self, name):
         self.name = name
-        self.built = built
-        if not built:
-            self.error_title = "Coming soon"
 
     def not_found_message(self):
-        if self.built:
-            return f"The {self.name} service is not running in this process."
-        return f"The {self.name} service is not available yet. It is coming soon."
+        return f"The {self.name} service is not running in this process."

@@ -39,16 +39,21 @@ STATE_TABLE = "_replica_state"
 
 # Indexes the readers of a replica need (the replica tables are the
 # replicator's: a repair drops and recreates them, so it makes these too).
-# Each is made when every column it names is in the replica's column list.
-# table -> [(index name, columns, WHERE clause or None)]
+# Each is made when every column it names (in the key or the WHERE clause)
+# is in the replica's column list.
+# table -> [(index name, columns, WHERE clause or None, columns of the WHERE clause)]
 REPLICA_INDEXES = {
     "ledger": [
         # An account's audit log and balance.
-        ("ledger_user_time_idx", ("user_id", "created_at"), None),
+        ("ledger_user_time_idx", ("user_id", "created_at"), None, ()),
         # The per-day figures: every entry of a range of days.
-        ("ledger_time_idx", ("created_at",), None),
+        ("ledger_time_idx", ("created_at",), None, ()),
         # The payouts that closed a range of days.
-        ("ledger_payout_day_idx", ("day", "user_id"), "kind = 'payout'"),
+        ("ledger_payout_day_idx", ("day", "user_id"), "kind = 'payout'", ("kind",)),
+    ],
+    "tasks": [
+        # The most expensive completed task of each day, week or month.
+        ("tasks_done_time_idx", ("completed_at", "reward"), "status = 'done'", ("status",)),
     ],
 }
 SPOOL_BYTES = 64 * 1024 * 1024  # COPY data beyond this spills to a temporary file
@@ -196,8 +201,8 @@ def ensure_replica_indexes(rc, schema, table, cols):
     """Make the REPLICA_INDEXES of this table that are missing; returns their names."""
     wanted = [
         (name, columns, where)
-        for name, columns, where in REPLICA_INDEXES.get(table, [])
-        if all(c in cols for c in columns) and (where is None or "kind" in cols)
+        for name, columns, where, where_cols in REPLICA_INDEXES.get(table, [])
+        if all(c in cols for c in columns + where_cols)
     ]
     if not wanted:
         return []

@@ -1,0 +1,122 @@
+"""Analytics' page and API, for admins: today at a glance, a range of days with charts,
+and the most expensive task per day, week and month. Thin: parse, query, render."""
+
+import datetime as dt
+
+from popug.analytics import queries as q
+from popug.common import days, reports
+from popug.common.charts import bar_chart
+from popug.common.errors import UserError
+from popug.common.reports import ReportMixin
+from popug.common.web import ApiHandler, PageHandler, api_auth_required, auth_required, has_perm
+
+
+class AnalyticsMixin(ReportMixin):
+    service = "analytics"
+
+    def replica_name(self):
+        return self.config.analytics.replica
+
+    def period_argument(self):
+        kind = self.get_argument("period", "day")
+        if kind not in q.PERIODS:
+            raise UserError(400, f"period must be one of day, week, month; got {kind[:40]!r}")
+        return kind
+
+
+def period_json(p):
+    return {
+        "label": p["label"],
+        "from": p["from"],
+        "to": p["to"],
+        "task": p["task"],
+        "text": p["text"],
+    }
+
+
+class HomeHandler(AnalyticsMixin, PageHandler):
+    """/ — the dashboard."""
+
+    @auth_required
+    @has_perm("can_view_analytics")
+    async def get(self):
+        first, last = self.day_range_arguments()
+        reader = await self.reader()
+        today = self.calendar.today()
+        now = await q.summary(reader, self.calendar, today)
+        figures = await reports.daily_figures(reader, self.calendar, first, last)
+        negative = await q.negative_per_day(reader, self.calendar, first, last)
+        top = {k: await q.most_expensive(reader, self.calendar, k, first, last) for k in q.PERIODS}
+        today_top = await q.most_expensive(reader, self.calendar, "day", today, today)
+        self.render(
+            "home.html",
+            now=now,
+            today=today,
+            today_top=today_top[0],
+            first=first,
+            last=last,
+            shift=(last - first) + dt.timedelta(days=1),
+            first_day=days.FIRST_DAY,
+            rows=list(zip(figures, negative, top["day"], strict=True)),
+            top=top,
+            overall=q.overall(top["day"]),
+            earnings_chart=bar_chart(
+                [(f"{r.day:%d.%m}", r.earnings) for r in figures],
+                f"Management earnings per day, {first} to {last}",
+            ),
+            negative_chart=bar_chart(
+                [(f"{d:%d.%m}", n) for d, n in negative],
+                f"Popugs in the negative at the end of each day, {first} to {last}",
+                money=False,
+            ),
+            calendar=self.calendar,
+            as_of=now.as_of,
+            interval=self.config.replication.interval_s,
+            local=self.calendar.local,
+        )
+
+
+class AnalyticsApi(AnalyticsMixin, ApiHandler):
+    pass
+
+
+class SummaryApiHandler(AnalyticsApi):
+    """?day= (default today): management earnings and popugs in the negative."""
+
+    @api_auth_required
+    @has_perm("can_view_analytics")
+    async def get(self):
+        day = self.day_argument("day", self.calendar.today())
+        row = await q.summary(await self.reader(), self.calendar, day)
+        self.write_json(
+            {
+                "day": day,
+                "timezone": self.calendar.timezone_name,
+                "management_earnings": row.earnings,
+                "fees_charged": row.fees,
+                "rewards_credited": row.rewards,
+                "negative_balance_popugs": row.negative,
+                "data_as_of": row.as_of,
+            }
+        )
+
+
+class MostExpensiveApiHandler(AnalyticsApi):
+    """?period=day|week|month&from=&to= (default the last 30 days)."""
+
+    @api_auth_required
+    @has_perm("can_view_analytics")
+    async def get(self):
+        kind = self.period_argument()
+        first, last = self.day_range_arguments()
+        found = await q.most_expensive(await self.reader(), self.calendar, kind, first, last)
+        self.write_json(
+            {
+                "period": kind,
+                "from": first,
+                "to": last,
+                "timezone": self.calendar.timezone_name,
+                "periods": [period_json(p) for p in found],
+                "overall": q.overall(found),
+            }
+        )
