@@ -51,6 +51,7 @@ def seed(dsn, tasks, popugs):
             " core.closed_days, core.users RESTART IDENTITY CASCADE"
         )
         cur.execute("DROP SCHEMA IF EXISTS accounting CASCADE")
+        cur.execute("DROP SCHEMA IF EXISTS analytics CASCADE")
         cur.execute(
             "INSERT INTO core.users (username, password_hash, role, email)"
             " VALUES ('boss', 'x', 'admin', 'boss@bench')"
@@ -83,17 +84,17 @@ def seed(dsn, tasks, popugs):
         cur.execute("ANALYZE")
 
 
-def replicate(dsn, config):
-    replica = {r.name: r for r in replicas_from_config(config)}["accounting"]
+def replicate(dsn, config, name="accounting"):
+    replica = {r.name: r for r in replicas_from_config(config)}[name]
     t0 = time.perf_counter()
     result = engine.run_cycle(dsn, replica, full=True)
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("VACUUM ANALYZE accounting.ledger, accounting.tasks, accounting.users")
+        cur.execute(f"VACUUM ANALYZE {name}.ledger, {name}.tasks, {name}.users")
     conn.close()
     rows = {t: v["rows"] for t, v in result.tables.items()}
-    print(f"replicated into accounting in {time.perf_counter() - t0:.1f} s: {rows}")
+    print(f"replicated into {name} in {time.perf_counter() - t0:.1f} s: {rows}")
 
 
 def close_history(dsn, calendar, through):
@@ -133,10 +134,10 @@ def median_ms(fn, repeat):
     return statistics.median(times) * 1000
 
 
-def page(port, path, token):
+def page(port, path, token, host=HOST):
     """GET on one keep-alive connection, as a browser reuses its connection."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    headers = {"Host": HOST, "Authorization": f"Bearer {token}"}
+    headers = {"Host": host, "Authorization": f"Bearer {token}"}
 
     def fetch():
         conn.request("GET", path, headers=headers)

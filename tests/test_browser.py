@@ -329,3 +329,34 @@ def test_accountant_sees_earnings_chart_and_any_account(live_system, chrome, db_
     wait_url(chrome, f"{accounting}/accounts/{kiwi}")
     assert "Account of kiwi" in chrome.find_element(By.TAG_NAME, "h1").text
     assert chrome.find_element(By.ID, "balance").text == "3.50"
+
+
+def test_admin_reads_analytics_and_a_worker_is_refused(live_system, chrome, db_dsn, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    port = live_system
+    add_user(db_dsn, "boss", "admin", "boss-password")
+    kiwi = add_user(db_dsn, "kiwi", "worker", "kiwi-password")
+    seed_account(db_dsn, kiwi, kiwi)  # yesterday "Count the seeds" 30.00; today a fee
+    wait_replicated(db_dsn, 3)
+    analytics = f"http://analytics.uberpopug.localhost:{port}"
+    chrome.get(f"{analytics}/")
+    log_in(chrome, "boss", "boss-password")
+    assert wait_url(chrome, f"{analytics}/") == f"{analytics}/"
+    assert chrome.find_element(By.ID, "earnings-today").text == "14.00"
+    assert chrome.find_element(By.ID, "negative-now").text == "0"  # kiwi: 3.50
+    assert len(chrome.find_elements(By.CSS_SELECTOR, "svg.chart")) == 2
+    assert "30.00 (Count the seeds)" in chrome.find_element(By.ID, "top-overall").text
+    rows = chrome.find_elements(By.CSS_SELECTOR, "#days tbody tr")
+    assert len(rows) == 30
+    assert "most expensive task — 30.00 (Count the seeds)" in rows[1].text
+    assert "no completed task" in rows[0].text
+    assert "most expensive task — 30.00" in chrome.find_element(By.ID, "top-months").text
+    chrome.save_screenshot(str(tmp_path / "analytics.png"))
+    chrome.find_element(By.ID, "logout").click()
+    wait_url(chrome, f"http://auth.uberpopug.localhost:{port}/login")
+    chrome.get(f"{analytics}/")
+    log_in(chrome, "kiwi", "kiwi-password")
+    wait_url(chrome, f"{analytics}/")
+    assert "403" in chrome.find_element(By.TAG_NAME, "h1").text
+    assert "not allowed to see analytics" in chrome.page_source
