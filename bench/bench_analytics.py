@@ -90,7 +90,7 @@ def main():
     def page_sql(first, last):
         d, st, en = reports.bounds_arrays(calendar, days.day_range(first, last))
         return (
-            summary_sql(today)
+            (summary_sql(today) if last != today else [])
             + [(schema(reports.DAILY_FIGURES), (d, st, en, first, last))]
             + [(schema(q.NEGATIVE_PER_DAY), (d, st, en, st[0], first, first, last))]
             + sum((top_sql(k, first, last) for k in q.PERIODS), [])

@@ -6,6 +6,7 @@ import datetime as dt
 from popug.analytics import queries as q
 from popug.common import days, reports
 from popug.common.charts import bar_chart
+from popug.common.db import Row
 from popug.common.errors import UserError
 from popug.common.reports import ReportMixin
 from popug.common.web import ApiHandler, PageHandler, api_auth_required, auth_required, has_perm
@@ -43,9 +44,16 @@ class HomeHandler(AnalyticsMixin, PageHandler):
         first, last = self.day_range_arguments()
         reader = await self.reader()
         today = self.calendar.today()
-        now = await q.summary(reader, self.calendar, today)
         figures = await reports.daily_figures(reader, self.calendar, first, last)
         negative = await q.negative_per_day(reader, self.calendar, first, last)
+        if last == today:
+            # Today's figures are the range's last day: no second pass over the ledger.
+            f = figures[-1]
+            now = {"fees": f.fees, "rewards": f.rewards, "earnings": f.earnings}
+            now.update(negative=negative[-1][1], as_of=f.as_of)
+            now = Row(now)
+        else:
+            now = await q.summary(reader, self.calendar, today)
         top = {k: await q.most_expensive(reader, self.calendar, k, first, last) for k in q.PERIODS}
         today_top = await q.most_expensive(reader, self.calendar, "day", today, today)
         self.render(
