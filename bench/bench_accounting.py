@@ -163,13 +163,13 @@ def bare(dsn, statements):
     return run, conn
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def year_of_data(repeat_default):
+    """Arguments, a database (embedded or UBERPOPUG_BENCH_DSN) and the seeded year."""
+    p = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=1_000_000)
     p.add_argument("--popugs", type=int, default=10_000)
-    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--repeat", type=int, default=repeat_default)
     args = p.parse_args()
-
     dsn = os.environ.get("UBERPOPUG_BENCH_DSN")
     if not dsn:
         from popug.common.embedded import start_embedded
@@ -177,13 +177,36 @@ def main():
         dsn = start_embedded(Path(tempfile.mkdtemp(prefix="popug-bench-")), "popug_bench")
     apply_migrations(dsn)
     config = load_config(None, environ={}, overrides={"database.dsn": dsn})
-    calendar = days.BusinessCalendar.from_config(config)
     t0 = time.perf_counter()
     seed(dsn, args.tasks, args.popugs)
     print(
-        f"seeded {args.tasks} tasks, {3 * args.tasks} ledger rows in "
-        f"{time.perf_counter() - t0:.1f} s"
+        f"seeded {args.tasks} completed tasks, {3 * args.tasks} ledger rows in "
+        f"{time.perf_counter() - t0:.1f} s",
+        flush=True,
     )
+    return args, dsn, config, days.BusinessCalendar.from_config(config)
+
+
+def start_service(dsn, service, **env_vars):
+    """bin/popug --service=<service> on a free port of its own; returns (Popen, port)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
+    env.update(
+        POPUG_DATABASE__DSN=dsn,
+        POPUG_LOG_LEVEL="WARNING",
+        POPUG_DATA_DIR=tempfile.mkdtemp(prefix="popug-bench-var-"),
+        **env_vars,
+    )
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "bin" / "popug"), f"--service={service}", "--port", str(port)],
+        env=env,
+    )
+    wait_ready(port, f"{service}.uberpopug.localhost")
+    return server, port
+
+
+def main():
+    args, dsn, config, calendar = year_of_data(30)
     replicate(dsn, config)
     today = calendar.today()
     yesterday = today - dt.timedelta(days=1)
@@ -208,20 +231,8 @@ def main():
     username, user_id, entries = busiest_worker(dsn, calendar, yesterday)
     worker_token = get_token(dsn, username)
     admin_token = get_token(dsn, "boss")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
-    env.update(
-        POPUG_DATABASE__DSN=dsn,
-        POPUG_LOG_LEVEL="WARNING",
-        POPUG_ACCOUNTING__CLOSE_CHECK_S="86400",
-        POPUG_DATA_DIR=tempfile.mkdtemp(prefix="popug-bench-var-"),
-    )
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "bin" / "popug"), "--service=accounting", "--port", str(port)],
-        env=env,
-    )
+    server, port = start_service(dsn, "accounting", POPUG_ACCOUNTING__CLOSE_CHECK_S="86400")
     try:
-        wait_ready(port, HOST)
         schema = lambda sql: sql.replace("{s}", '"accounting"')  # noqa: E731
         s, e = calendar.bounds(yesterday)
         dashboard_sql = [

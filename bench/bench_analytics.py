@@ -12,13 +12,8 @@ year). Prints the median times and the ratios (target <= 3x). Not a test.
     .venv/bin/python bench/bench_analytics.py [--tasks 1000000] [--popugs 10000] [--repeat 10]
 """
 
-import argparse
 import datetime as dt
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import psycopg2
@@ -26,51 +21,26 @@ import psycopg2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_accounting import bare, median_ms, page, replicate, seed  # noqa: E402
-from bench.bench_tracker import free_port, get_token, wait_ready  # noqa: E402
+from bench.bench_accounting import (  # noqa: E402
+    bare,
+    median_ms,
+    page,
+    replicate,
+    start_service,
+    year_of_data,
+)
+from bench.bench_tracker import get_token  # noqa: E402
 from popug.analytics import queries as q  # noqa: E402
 from popug.common import days, reports  # noqa: E402
-from popug.common.config import load_config  # noqa: E402
-from popug.common.db import apply_migrations  # noqa: E402
 
 HOST = "analytics.uberpopug.localhost"
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", type=int, default=1_000_000)
-    p.add_argument("--popugs", type=int, default=10_000)
-    p.add_argument("--repeat", type=int, default=10)
-    args = p.parse_args()
-
-    dsn = os.environ.get("UBERPOPUG_BENCH_DSN")
-    if not dsn:
-        from popug.common.embedded import start_embedded
-
-        dsn = start_embedded(Path(tempfile.mkdtemp(prefix="popug-bench-")), "popug_bench")
-    apply_migrations(dsn)
-    config = load_config(None, environ={}, overrides={"database.dsn": dsn})
-    calendar = days.BusinessCalendar.from_config(config)
-    t0 = time.perf_counter()
-    seed(dsn, args.tasks, args.popugs)
-    print(
-        f"seeded {args.tasks} completed tasks, {3 * args.tasks} ledger rows in "
-        f"{time.perf_counter() - t0:.1f} s",
-        flush=True,
-    )
+    args, dsn, config, calendar = year_of_data(10)
     replicate(dsn, config, "analytics")
     admin_token = get_token(dsn, "boss")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}
-    env.update(
-        POPUG_DATABASE__DSN=dsn,
-        POPUG_LOG_LEVEL="WARNING",
-        POPUG_DATA_DIR=tempfile.mkdtemp(prefix="popug-bench-var-"),
-    )
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "bin" / "popug"), "--service=analytics", "--port", str(port)],
-        env=env,
-    )
+    server, port = start_service(dsn, "analytics")
     schema = lambda sql: sql.replace("{s}", '"analytics"')  # noqa: E731
     today = calendar.today()
     year = (today - dt.timedelta(days=365), today)
@@ -98,7 +68,6 @@ def main():
         )
 
     try:
-        wait_ready(port, HOST)
         y = f"from={year[0]}&to={year[1]}"
         cases = [
             ("summary of today", "/api/v1/summary", summary_sql(today)),

@@ -115,16 +115,13 @@ class OverviewHandler(AccountingPage):
             figures=figures,
             today_figures=today_row[0],
             today=today,
-            first=first,
-            last=last,
+            **self.range_form(first, last),
             closed_span=await q.closed_span_in(books),
             chart=chart,
             as_of=today_row[0].as_of,
             calendar=self.calendar,
             interval=self.config.replication.interval_s,
             local=self.calendar.local,
-            shift=dt.timedelta(days=(last - first).days + 1),
-            first_day=days.FIRST_DAY,
         )
 
 

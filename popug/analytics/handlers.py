@@ -1,10 +1,8 @@
 """Analytics' page and API, for admins: today at a glance, a range of days with charts,
 and the most expensive task per day, week and month. Thin: parse, query, render."""
 
-import datetime as dt
-
 from popug.analytics import queries as q
-from popug.common import days, reports
+from popug.common import reports
 from popug.common.charts import bar_chart
 from popug.common.db import Row
 from popug.common.errors import UserError
@@ -61,10 +59,7 @@ class HomeHandler(AnalyticsMixin, PageHandler):
             now=now,
             today=today,
             today_top=today_top[0],
-            first=first,
-            last=last,
-            shift=(last - first) + dt.timedelta(days=1),
-            first_day=days.FIRST_DAY,
+            **self.range_form(first, last),
             rows=list(zip(figures, negative, top["day"], strict=True)),
             top=top,
             overall=q.overall(top["day"]),

@@ -152,3 +152,12 @@ class ReportMixin:
         if (last - first).days >= MAX_RANGE_DAYS:
             raise UserError(400, f"a range is at most {MAX_RANGE_DAYS} days; ask for less")
         return first, last
+
+    def range_form(self, first, last):
+        """What _range_form.html needs, besides `today`."""
+        return dict(
+            first=first,
+            last=last,
+            shift=(last - first) + dt.timedelta(days=1),
+            first_day=days.FIRST_DAY,
+        )
