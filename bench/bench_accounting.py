@@ -236,8 +236,11 @@ def main():
         schema = lambda sql: sql.replace("{s}", '"accounting"')  # noqa: E731
         s, e = calendar.bounds(yesterday)
         dashboard_sql = [
-            (schema(q.ACCOUNT_SUMMARY), (user_id, s, yesterday, e, yesterday, yesterday)),
-            (schema(q.ACCOUNT_ENTRIES), (user_id, s, e, yesterday, q.ENTRIES_LIMIT + 1)),
+            (
+                schema(q.ACCOUNT_DAY),
+                (user_id, s, yesterday, e, yesterday, yesterday)
+                + (user_id, s, e, yesterday, q.ENTRIES_LIMIT + 1),
+            ),
         ]
 
         def per_day_sql(first, last):

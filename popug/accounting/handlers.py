@@ -105,7 +105,10 @@ class OverviewHandler(AccountingPage):
         today = self.calendar.today()
         books = await self.reader()
         figures = await reports.daily_figures(books, self.calendar, first, last)
-        today_row = await reports.daily_figures(books, self.calendar, today, today)
+        if figures[-1].day == today:
+            today_figures = figures[-1]  # no second statement for what is in hand
+        else:
+            today_figures = (await reports.daily_figures(books, self.calendar, today, today))[0]
         chart = bar_chart(
             [(f"{r.day:%d.%m}", r.earnings) for r in figures],
             f"Management earnings per day, {first} to {last}",
@@ -113,12 +116,12 @@ class OverviewHandler(AccountingPage):
         self.render(
             "overview.html",
             figures=figures,
-            today_figures=today_row[0],
+            today_figures=today_figures,
             today=today,
             **self.range_form(first, last),
-            closed_span=await q.closed_span_in(books),
+            closed_span=(figures[0].first_closed, figures[0].last_closed),
             chart=chart,
-            as_of=today_row[0].as_of,
+            as_of=figures[0].as_of,
             calendar=self.calendar,
             interval=self.config.replication.interval_s,
             local=self.calendar.local,

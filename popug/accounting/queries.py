@@ -17,6 +17,7 @@ import datetime as dt
 from decimal import Decimal
 
 from popug.common import days
+from popug.common.db import Row
 from popug.common.errors import UserError
 from popug.common.reports import AS_OF
 
@@ -51,15 +52,26 @@ SELECT u.id, u.username, u.role, u.active, b.balance, b.opening, b.closing,
   LEFT JOIN {{s}}.closed_days c ON c.day = %s
 """
 
-ACCOUNT_ENTRIES = """
-SELECT l.id, l.kind, l.amount, l.created_at, l.day, l.task_id, t.title, t.description
-  FROM {s}.ledger l LEFT JOIN {s}.tasks t ON t.id = l.task_id
- WHERE l.user_id = %s
-   AND ((l.kind <> 'payout' AND l.created_at >= %s AND l.created_at < %s)
-        OR (l.kind = 'payout' AND l.day = %s))
- ORDER BY l.created_at, l.id
- LIMIT %s
+# The summary and the day's entries in one statement, so in one snapshot of
+# the replica (two statements could straddle a replication cycle): one row
+# per entry, each carrying the summary; a day without entries is one row
+# whose entry columns are NULL.
+ACCOUNT_DAY = f"""
+SELECT s.*, e.entry_id, e.kind, e.amount, e.created_at, e.day, e.task_id, e.title,
+       e.description
+  FROM ({ACCOUNT_SUMMARY}) s
+  LEFT JOIN LATERAL (
+    SELECT l.id AS entry_id, l.kind, l.amount, l.created_at, l.day, l.task_id, t.title,
+           t.description
+      FROM {{s}}.ledger l LEFT JOIN {{s}}.tasks t ON t.id = l.task_id
+     WHERE l.user_id = %s
+       AND ((l.kind <> 'payout' AND l.created_at >= %s AND l.created_at < %s)
+            OR (l.kind = 'payout' AND l.day = %s))
+     ORDER BY l.created_at, l.id
+     LIMIT %s) e ON true
+ ORDER BY e.created_at, e.entry_id
 """
+ENTRY_COLUMNS = ("kind", "amount", "created_at", "day", "task_id", "title", "description")
 
 
 async def data_as_of(books):
@@ -78,9 +90,18 @@ async def account_day(books, master, calendar, user_id, day):
     in SQL, Decimal here.
     """
     starts, ends = calendar.bounds(day)
-    bal = await books.fetch_one(
-        ACCOUNT_SUMMARY, user_id, starts, day, ends, day, day, prepare_as="account_summary"
+    rows = await books.fetch_all(
+        ACCOUNT_DAY,
+        *(user_id, starts, day, ends, day, day),  # the summary
+        *(user_id, starts, ends, day, ENTRIES_LIMIT + 1),  # the entries
+        prepare_as="account_day",
     )
+    bal = rows[0]
+    entries = [
+        Row({"id": r.entry_id, **{c: r[c] for c in ENTRY_COLUMNS}})
+        for r in rows
+        if r.entry_id is not None
+    ]
     holder = bal
     if bal.id is None:
         # A popug created since the last replication cycle is not in the
@@ -91,9 +112,6 @@ async def account_day(books, master, calendar, user_id, day):
             raise UserError(404, f"There is no popug #{user_id}.")
         holder = rows[0]
     opening = bal.opening
-    entries = await books.fetch_all(
-        ACCOUNT_ENTRIES, user_id, starts, ends, day, ENTRIES_LIMIT + 1, prepare_as="account_entries"
-    )
     truncated = len(entries) > ENTRIES_LIMIT
     entries = entries[:ENTRIES_LIMIT]
     running = opening
@@ -150,12 +168,6 @@ async def last_closed_day(db):
     """The latest closed business day, on the master."""
     row = await db.fetch_one("SELECT max(day) AS day FROM core.closed_days")
     return row.day
-
-
-async def closed_span_in(books):
-    """(first, last) closed business day as the replica has it; (None, None) before any."""
-    row = await books.fetch_one("SELECT min(day) AS first, max(day) AS last FROM {s}.closed_days")
-    return row.first, row.last
 
 
 # --- the end of a business day (on the master) ------------------------------------------

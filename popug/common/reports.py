@@ -85,7 +85,9 @@ WITH d AS (
 SELECT m.day, m.fees::numeric(12,2) AS fees, m.rewards::numeric(12,2) AS rewards,
        (m.fees - m.rewards)::numeric(12,2) AS earnings, m.assigned, m.completed,
        coalesce(p.payouts, 0)::numeric(12,2) AS payouts, coalesce(p.popugs_paid, 0) AS popugs_paid,
-       c.closed_at, c.early, {AS_OF} AS as_of
+       c.closed_at, c.early, {AS_OF} AS as_of,
+       (SELECT min(day) FROM {{s}}.closed_days) AS first_closed,
+       (SELECT max(day) FROM {{s}}.closed_days) AS last_closed
   FROM moves m LEFT JOIN paid p ON p.day = m.day
   LEFT JOIN {{s}}.closed_days c ON c.day = m.day
  ORDER BY m.day
