@@ -270,3 +270,15 @@ async def test_bad_ranges_and_periods_are_clear_400s(env):
 async def test_before_the_first_replication_analytics_says_so(env):
     r = await (await env.api("admin")).get("analytics", "/api/v1/summary")
     assert r.status == 503 and "analytics data is not replicated yet" in r.json()["error"]
+
+
+def test_a_count_chart_has_whole_gridlines_and_labels_the_latest_day():
+    from popug.common.charts import bar_chart
+
+    points = [(f"{d:02d}.03", n) for d, n in zip(range(1, 31), [0] * 27 + [1, 3, 2], strict=True)]
+    svg = bar_chart(points, "Popugs in the negative", money=False)
+    gridlines = re.findall(r'text-anchor="end">([^<]*)<', svg)
+    assert gridlines == ["0", "1", "2", "3"]
+    assert ">30.03</text>" in svg and "<title>30.03: 2</title>" in svg
+    hostile = bar_chart([("<script>", 5)], "a </title><script>")
+    assert "<script>" not in hostile

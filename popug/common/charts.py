@@ -46,7 +46,7 @@ def bar_chart(points, title, width=960, height=240, money=True):
     def y(v):
         return pad_top + float((top - v) / (top - bottom)) * plot_h
 
-    fmt = (lambda v: f"{v:,.2f}") if money else (lambda v: f"{v:,}")
+    fmt = (lambda v: f"{v:,.2f}") if money else (lambda v: f"{int(v):,}")
     out = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{xhtml_escape(title)}" xmlns="http://www.w3.org/2000/svg">',
@@ -76,7 +76,7 @@ def bar_chart(points, title, width=960, height=240, money=True):
             f'<rect class="bar {kind}" x="{x:.1f}" y="{y0:.1f}" width="{bar_w:.1f}" '
             f'height="{max(y1 - y0, 0.5):.1f}"><title>{xhtml_escape(text)}</title></rect>'
         )
-        if i % every == 0:
+        if (n - 1 - i) % every == 0:  # counted from the end: the latest bar is labelled
             out.append(
                 f'<text class="axis" x="{x + bar_w / 2:.1f}" y="{height - pad_bottom + 16}" '
                 f'text-anchor="middle">{xhtml_escape(str(label))}</text>'
