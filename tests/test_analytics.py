@@ -282,3 +282,11 @@ def test_a_count_chart_has_whole_gridlines_and_labels_the_latest_day():
     assert ">30.03</text>" in svg and "<title>30.03: 2</title>" in svg
     hostile = bar_chart([("<script>", 5)], "a </title><script>")
     assert "<script>" not in hostile
+
+
+def test_a_money_chart_over_one_cent_has_no_two_equal_gridlines():
+    from popug.common.charts import bar_chart
+
+    svg = bar_chart([("01.03", D("0.01")), ("02.03", D("0.00"))], "Earnings")
+    gridlines = re.findall(r'text-anchor="end">([^<]*)<', svg)
+    assert gridlines == ["0.00", "0.01"]

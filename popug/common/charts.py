@@ -34,8 +34,8 @@ def bar_chart(points, title, width=960, height=240, money=True):
     top = max([Decimal(0)] + values)
     bottom = min([Decimal(0)] + values)
     step = _nice_step(top - bottom)
-    if not money:
-        step = max(step, Decimal(1))  # counts: whole gridlines
+    # Counts: whole gridlines; money: no two gridlines that print the same.
+    step = max(step, Decimal(1) if not money else Decimal("0.01"))
     top = (top / step).to_integral_value(rounding="ROUND_CEILING") * step
     bottom = (bottom / step).to_integral_value(rounding="ROUND_FLOOR") * step
     if top == bottom:

@@ -5,6 +5,7 @@ A replica's schema name comes from config, where it is checked (lower-case
 letters, digits and _), so statements name it as {s} and get it filled in.
 """
 
+import asyncio
 import datetime as dt
 import functools
 
@@ -119,18 +120,24 @@ class ReportMixin:
     async def reader(self):
         """The replica this service reads (its own pool when it lives in another database)."""
         name = self.replica_name()
-        readers = self.application.settings.setdefault("popug_readers", {})
+        settings = self.application.settings
+        readers = settings.setdefault("popug_readers", {})
         if name not in readers:
-            spec = self.config.replication.replicas[name]
-            db = self.db
-            if spec["dsn"] is not None:
-                db = await Database.connect(
-                    spec["dsn"], 0, self.config.database.pool_max, self.config.database.timeout_s
-                )
-            readers.setdefault(
-                name,
-                ReplicaReader(db, spec["schema"], self.config.replication.interval_s, self.service),
-            )
+            # Two first requests at once would otherwise open two pools.
+            async with settings.setdefault("popug_readers_lock", asyncio.Lock()):
+                if name not in readers:
+                    spec = self.config.replication.replicas[name]
+                    db = self.db
+                    if spec["dsn"] is not None:
+                        db = await Database.connect(
+                            spec["dsn"],
+                            0,
+                            self.config.database.pool_max,
+                            self.config.database.timeout_s,
+                        )
+                    readers[name] = ReplicaReader(
+                        db, spec["schema"], self.config.replication.interval_s, self.service
+                    )
         return readers[name]
 
     def day_argument(self, name="day", default=None):
