@@ -17,6 +17,9 @@ setup(
         # The IANA time zones for the business day (accounting.timezone) on
         # machines without a system zone database (slim containers, Windows).
         "tzdata>=2024.1",
+        # /metrics in the Prometheus text format, with its histogram buckets and
+        # escaping exactly as Prometheus parses them.
+        "prometheus-client>=0.20",
         # Bundles PostgreSQL server binaries: the default embedded database on a
         # machine with no PostgreSQL installed.
         "pgserver>=0.1.4",

@@ -207,12 +207,13 @@ def cmd_serve(args, config):
         except OSError:
             await db.close()
             raise
-        return db, server
+        return db, server, app
 
     loop = tornado.ioloop.IOLoop.current()
     try:
-        db, server = loop.run_sync(start)
+        db, server, app = loop.run_sync(start)
         duties = background_duties(config, db, services)
+        app.settings["popug_duties"] = duties  # for /healthz and /metrics
     except OSError as e:
         print(
             f"popug: cannot listen on {config.server.address}:{config.server.port}: {e.strerror}",

@@ -29,6 +29,7 @@ def log_closed(rows):
 
 class DayCloser(PeriodicDuty):
     name = "end of day"
+    service = "accounting"
     run_at_start = True
 
     def __init__(self, config, db):

@@ -24,6 +24,7 @@ STATIC_ROUTE = (r"/static/(.*)", web.StaticHandler, {"path": str(STATIC_DIR)})
 def common_routes(service):
     return [
         (r"/healthz", web.HealthHandler),
+        (r"/metrics", web.MetricsHandler),
         (r"/sso/callback", web.SsoCallbackHandler),
         (r"/logout", web.LogoutHandler),
         STATIC_ROUTE,
@@ -55,7 +56,7 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
         log_function=web.log_request,
         debug=debug,
     )
-    unknown = [(r"/healthz", web.HealthHandler)]
+    unknown = [(r"/healthz", web.HealthHandler), (r"/metrics", web.MetricsHandler)]
     if "landing" in services:
         landing = importlib.import_module("popug.landing")
         # An unknown host gets the landing page itself (its links are absolute).
@@ -74,6 +75,7 @@ def make_app(config, db, services="all", cookie_secret=None, debug=False):
         if name not in services and host not in {config.hosts[s] for s in services}:
             absent = [
                 (r"/healthz", web.HealthHandler),
+                (r"/metrics", web.MetricsHandler),
                 STATIC_ROUTE,
                 (r"/.*", web.ServiceAbsentHandler, {"name": name}),
             ]

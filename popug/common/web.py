@@ -21,7 +21,7 @@ import tornado.web
 from tornado.escape import url_escape
 from tornado.log import access_log
 
-from popug.common import sessions
+from popug.common import metrics, sessions
 from popug.common.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,7 @@ def log_request(handler):
     uri = redact(r.uri)
     if len(uri) > 300:
         uri = uri[:300] + f"...({len(uri)} characters)"
+    metrics.observe_request(handler)
     log_method(
         "%d %s %s%s (%s) %.2fms",
         status,
@@ -580,17 +581,28 @@ class LogoutHandler(PageHandler):
 
 
 class HealthHandler(BaseHandler):
-    """/healthz: 200 when the database answers, 503 with the reason when not."""
+    """/healthz: 200 when the database answers and this service's background duties
+    (replication, delivery, the end of day) are fine; 503 with the reasons when not."""
+
+    async def prepare(self):
+        IN_FLIGHT.add(self)  # no session lookup: a health check needs none
 
     async def get(self):
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        problems = []
         try:
             await self.db.fetch_one("SELECT 1 AS ok")
         except Exception as e:  # any failure of the database is the answer here
             log.warning("healthz: database check failed: %s", e)
+            problems.append(f"database unavailable: {type(e).__name__}")
+        service = self.service_of_host(self.request.host_name)
+        for duty in self.application.settings.get("popug_duties", []):
+            if service in (None, duty.service) and duty.health():
+                problems.append(duty.health())
+        if problems:
             self.set_status(503)
-            self.finish(f"database unavailable: {type(e).__name__}\n")
+            self.finish("".join(p + "\n" for p in problems))
             return
         self.finish("ok\n")
 
@@ -599,6 +611,18 @@ class HealthHandler(BaseHandler):
 
     def check_xsrf_cookie(self):
         pass
+
+
+class MetricsHandler(HealthHandler):
+    """/metrics: this process's figures in the Prometheus text format."""
+
+    async def get(self):
+        text = await metrics.render(
+            self.db, self.config, self.application.settings.get("popug_duties", [])
+        )
+        self.set_header("Content-Type", metrics.prom.CONTENT_TYPE_LATEST)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(text)
 
 
 class NotFoundHandler(PageHandler):

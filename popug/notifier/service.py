@@ -14,6 +14,7 @@ class Notifier(PeriodicDuty):
     """Claims due messages, delivers each in a worker thread, records the outcome."""
 
     name = "notifier"
+    service = "notifier"
 
     def __init__(self, config, db, transport=None):
         super().__init__()

@@ -124,6 +124,7 @@ class Replicator(PeriodicDuty):
     """Runs a cycle for every replica each interval; one cycle at a time."""
 
     name = "replicator"
+    service = "replicator"
     stop_timeout_s = 60  # a cycle under way finishes (or rolls back) first
 
     def __init__(self, config, db):
@@ -136,7 +137,11 @@ class Replicator(PeriodicDuty):
         return self.config.replication.interval_s
 
     async def run_once(self):
-        await self.cycle_all()
+        outcome = await self.cycle_all()
+        failing = [
+            f"{name}: {r}" for name, r in outcome.items() if isinstance(r, str) and r != "busy"
+        ]
+        return "replication failing: " + "; ".join(failing) if failing else None
 
     async def cycle_all(self, full=()):
         """One cycle for every replica; returns {name: CycleResult or error text}."""

@@ -1,0 +1,69 @@
+"""Operations: /healthz per service with its duties, /metrics for Prometheus."""
+
+import copy
+
+import pytest
+
+from popug.replicator.service import Replicator
+from tests.conftest import Browser
+
+
+def metric(text, name, **labels):
+    """The value of one sample in a Prometheus text exposition, or None."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+@pytest.mark.gen_test
+async def test_metrics_count_requests_and_read_the_database_figures(env, app):
+    manager = await env.api("manager", email="boss@popug.test")
+    await env.user("worker")
+    # The counters belong to the process (other tests counted too): compare.
+    before = (await Browser(env).get("tracker", "/metrics")).text
+
+    def more(name, **labels):
+        return metric(text, name, **labels) - (metric(before, name, **labels) or 0)
+
+    for i in range(3):
+        assert (await manager.post("tracker", "/api/v1/tasks", json={"title": f"t{i}"})).status
+    await manager.get("tracker", "/api/v1/tasks/999999")
+    await Replicator(env.config, env.db).cycle_all()
+    r = await Browser(env).get("tracker", "/metrics")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    text = r.text
+    assert more("popug_requests_total", handler="TasksApiHandler", status="201") == 3
+    assert more("popug_requests_total", handler="TaskApiHandler", status="404") == 1
+    assert more("popug_request_duration_seconds_count", handler="TasksApiHandler") == 3
+    assert metric(text, "popug_db_up") == 1
+    assert metric(text, "popug_db_pool_max") == 20
+    assert metric(text, "popug_outbox_messages", state="pending") == 3  # the assignment emails
+    lag = metric(text, "popug_replication_lag_seconds", replica="accounting")
+    assert lag is not None and 0 <= lag < 60
+    assert metric(text, "popug_replication_failing", replica="analytics") == 0
+
+
+@pytest.mark.gen_test
+async def test_healthz_reports_a_failing_duty_on_its_own_service_only(env, app):
+    cfg = copy.deepcopy(env.config)
+    cfg.replication.replicas["accounting"]["dsn"] = "host=127.0.0.1 port=1 connect_timeout=1"
+    replicator = Replicator(cfg, env.db)
+    app.settings["popug_duties"] = [replicator]
+    browser = Browser(env)
+    assert (await browser.get("replicator", "/healthz")).text == "ok\n"
+    await replicator._safe_pass()
+    r = await browser.get("replicator", "/healthz")
+    assert r.status == 503 and "replication failing: accounting:" in r.text
+    assert (await browser.get("tracker", "/healthz")).status == 200  # not the tracker's duty
+    r = await browser.get("replicator", "/metrics")
+    assert metric(r.text, "popug_duty_healthy", duty="replicator") == 0
+    # It recovers with the next good pass.
+    replicator.replicas = [r for r in replicator.replicas if r.name != "accounting"]
+    await replicator._safe_pass()
+    assert (await browser.get("replicator", "/healthz")).status == 200
