@@ -194,7 +194,11 @@ def cmd_serve(args, config):
 
     async def start():
         db = await Database.connect(
-            dsn, config.database.pool_min, config.database.pool_max, config.database.timeout_s
+            dsn,
+            config.database.pool_min,
+            config.database.pool_max,
+            config.database.timeout_s,
+            config.database.acquire_timeout_s,
         )
         app = make_app(config, db, services, cookie_secret=secret)
         # 1 MB is far above any form or JSON body here; bigger ones are refused

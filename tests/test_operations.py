@@ -67,3 +67,61 @@ async def test_healthz_reports_a_failing_duty_on_its_own_service_only(env, app):
     replicator.replicas = [r for r in replicator.replicas if r.name != "accounting"]
     await replicator._safe_pass()
     assert (await browser.get("replicator", "/healthz")).status == 200
+
+
+@pytest.mark.gen_test
+async def test_an_exhausted_pool_answers_503_with_retry_after_not_a_hang(env):
+    worker = await env.api("worker")
+    browser = await env.browser("worker")
+    env.db.acquire_timeout_s = 0.3
+    held = [await env.db.pool.acquire() for _ in range(env.db.pool.maxsize)]
+    try:
+        r = await worker.get("tracker", "/api/v1/tasks?assignee=me")
+        assert r.status == 503 and r.headers["Retry-After"] == "2"
+        assert "all 20 database connections were in use" in r.json()["error"]
+        page = await browser.get("tracker", "/")
+        assert page.status == 503 and "busy right now" in page.text
+    finally:
+        for conn in held:
+            await env.db.pool.release(conn)
+    assert (await worker.get("tracker", "/api/v1/tasks?assignee=me")).status == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_client_that_disconnects_mid_request_leaves_nothing_open(env, db_dsn):
+    import asyncio
+
+    import psycopg2
+
+    from popug.tracker.queries import SHUFFLE_LOCK
+
+    manager = await env.api("manager")
+    await env.user("worker")
+    await manager.post("tracker", "/api/v1/tasks", json={"title": "to shuffle"})
+    blocker = psycopg2.connect(db_dsn)
+    blocker.autocommit = True
+    with blocker.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (SHUFFLE_LOCK,))  # the shuffle waits on it
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.port)
+    writer.write(
+        b"POST /api/v1/tasks/shuffle HTTP/1.1\r\nHost: tasktracker.uberpopug.localhost\r\n"
+        + f"Authorization: Bearer {manager.token}\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    writer.close()  # gone before the answer
+    with blocker.cursor() as cur:
+        cur.execute("SELECT pg_advisory_unlock(%s)", (SHUFFLE_LOCK,))
+    blocker.close()
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if env.db.pool.freesize == env.db.pool.size:
+            break
+    assert env.db.pool.freesize == env.db.pool.size  # every connection is back
+    stuck = await env.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state LIKE 'idle in transaction%%'"
+    )
+    assert stuck == 0
+    # The shuffle itself ran to its end: one more fee, nothing half-written.
+    assert await env.scalar("SELECT count(*) FROM core.ledger WHERE kind = 'fee'") == 2

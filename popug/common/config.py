@@ -80,6 +80,12 @@ SCHEMA = {
         "pool_min": (int, 1, lambda v: v >= 0, "an integer >= 0"),
         "pool_max": (int, 10, _positive, "an integer > 0"),
         "timeout_s": ((int, float), 30, _positive, "seconds > 0"),
+        "acquire_timeout_s": (
+            (int, float),
+            5,
+            _positive,
+            "seconds > 0 a request waits for a free connection before it gets a 503",
+        ),
     },
     "auth": {
         "bcrypt_cost": (int, 12, lambda v: 4 <= v <= 31, "an integer 4-31"),

@@ -5,6 +5,7 @@ Rows come back as attribute dicts. A transaction is one acquired connection:
 rolls back on any exception.
 """
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -14,9 +15,21 @@ import aiopg
 import psycopg2
 
 from popug import SQL_DIR
-from popug.common.errors import NotFound
+from popug.common.errors import NotFound, UserError
 
 log = logging.getLogger(__name__)
+
+
+class PoolBusy(UserError):
+    """Every connection of the pool was in use for longer than the bounded wait."""
+
+    def __init__(self, size, waited_s):
+        super().__init__(
+            503,
+            f"The service is busy right now (all {size} database connections were in use "
+            f"for {waited_s:g} s). Please try again in a moment.",
+            headers={"Retry-After": "2"},
+        )
 
 
 class Row(dict):
@@ -75,13 +88,35 @@ class Database:
             sql = sql.execute_sql
         await cur.execute(sql, params)
 
+    # How long a request waits for a free connection before it is told to come
+    # back later (503), instead of queueing without bound (database.acquire_timeout_s).
+    acquire_timeout_s = 5
+
     @classmethod
-    async def connect(cls, dsn, minsize=1, maxsize=10, timeout=30):
+    async def connect(cls, dsn, minsize=1, maxsize=10, timeout=30, acquire_timeout_s=5):
         # aiopg's default operation timeout is 60 s; ours comes from config.
         pool = await aiopg.create_pool(dsn, minsize=minsize, maxsize=maxsize, timeout=timeout)
         db = cls(pool)
         db.dsn = dsn  # for the work that needs a plain psycopg2 connection (COPY)
+        db.acquire_timeout_s = acquire_timeout_s
         return db
+
+    @contextlib.asynccontextmanager
+    async def connection(self):
+        """A pooled connection, waited for at most acquire_timeout_s (then PoolBusy, a 503).
+
+        The connection goes back to the pool however the block ends; a client
+        that disconnects meanwhile changes nothing (Tornado lets the handler
+        finish), so no connection or open transaction is left behind.
+        """
+        try:
+            conn = await asyncio.wait_for(self.pool.acquire(), self.acquire_timeout_s)
+        except TimeoutError:
+            raise PoolBusy(self.pool.maxsize, self.acquire_timeout_s) from None
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
 
     async def close(self):
         self.pool.close()
@@ -91,14 +126,14 @@ class Database:
     async def cursor(self):
         """A cursor on a connection of its own, in autocommit (one statement = one transaction)."""
         # `async with pool.cursor()` is broken in aiopg: acquire, then cursor.
-        async with self.pool.acquire() as conn:
+        async with self.connection() as conn:
             async with conn.cursor() as cur:
                 yield cur
 
     @contextlib.asynccontextmanager
     async def transaction(self):
         """A cursor inside BEGIN ... COMMIT on one connection; ROLLBACK on any exception."""
-        async with self.pool.acquire() as conn:
+        async with self.connection() as conn:
             async with conn.cursor() as cur:
                 async with cur.begin():
                     yield cur
