@@ -1,11 +1,17 @@
 """Operations: /healthz per service with its duties, /metrics for Prometheus."""
 
 import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from popug.replicator.service import Replicator
 from tests.conftest import Browser
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def metric(text, name, **labels):
@@ -125,3 +131,38 @@ async def test_a_client_that_disconnects_mid_request_leaves_nothing_open(env, db
     assert stuck == 0
     # The shuffle itself ran to its end: one more fee, nothing half-written.
     assert await env.scalar("SELECT count(*) FROM core.ledger WHERE kind = 'fee'") == 2
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+NGINX = shutil.which("nginx")
+
+
+@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze is not installed here")
+def test_the_systemd_unit_verifies(tmp_path):
+    unit = (REPO / "config" / "systemd" / "popug@.service").read_text()
+    # As installed: the checkout and its virtualenv where the unit expects them.
+    unit = unit.replace(
+        "/opt/uberpopug/.venv/bin/popug", str(Path(sys.executable).parent / "popug")
+    )
+    unit = unit.replace("/opt/uberpopug", str(REPO))
+    path = tmp_path / "popug@tracker.service"
+    path.write_text(unit)
+    r = subprocess.run([SYSTEMD_ANALYZE, "verify", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0 and "popug@tracker.service" not in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not NGINX, reason="nginx is not installed here")
+def test_the_nginx_sample_is_a_valid_config(tmp_path):
+    (tmp_path / "logs").mkdir()
+    conf = (REPO / "config" / "nginx" / "uberpopug.conf").read_text()
+    (tmp_path / "uberpopug.conf").write_text(conf.replace("listen 80;", "listen 127.0.0.1:18181;"))
+    (tmp_path / "nginx.conf").write_text(
+        f"events {{}}\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/logs/error.log;\n"
+        f"http {{ access_log off; include {tmp_path}/uberpopug.conf; }}\n"
+    )
+    r = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and "test is successful" in r.stderr, r.stderr

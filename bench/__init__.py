@@ -1,0 +1,1 @@
+"""Benchmarks and the load test (see README.md here); not tests."""
