@@ -166,3 +166,64 @@ def test_the_nginx_sample_is_a_valid_config(tmp_path):
         text=True,
     )
     assert r.returncode == 0 and "test is successful" in r.stderr, r.stderr
+
+
+def test_sigterm_lets_a_running_replication_cycle_end_and_changes_nothing_half(db_dsn, tmp_path):
+    """A cycle stuck behind a reader's lock when SIGTERM comes: the process waits for
+    it to end (here: roll back at its lock timeout), then exits 0; the replica is whole."""
+    import time
+
+    import psycopg2
+
+    from tests.test_cli import clean_env, free_port, start_serve, wait_healthy
+
+    port = free_port()
+    log = tmp_path / "replicator.log"
+    env = clean_env(
+        POPUG_DATABASE__DSN=db_dsn,
+        POPUG_DATA_DIR=str(tmp_path / "var"),
+        POPUG_REPLICATION__INTERVAL_S="0.5",
+    )
+    proc = start_serve(["--service=replicator", "--port", str(port)], log, env)
+    try:
+        wait_healthy(port, proc, log)
+        conn = psycopg2.connect(db_dsn)
+        with conn.cursor() as cur:
+            for _ in range(100):  # the first cycle made the replica
+                cur.execute("SELECT to_regclass('accounting._replica_state') IS NOT NULL")
+                if cur.fetchone()[0]:
+                    break
+                conn.rollback()
+                time.sleep(0.1)
+            cur.execute("SELECT count(*) FROM accounting.users")
+            users_before = cur.fetchone()[0]
+        conn.commit()
+        with conn.cursor() as cur:  # a new user for the next cycle to copy
+            cur.execute(
+                "INSERT INTO core.users (username, password_hash, role, email)"
+                " VALUES ('kiwi', 'x', 'worker', 'kiwi@popug.test')"
+            )
+        conn.commit()
+        with conn.cursor() as cur:  # a reader's lock the copy has to wait for
+            cur.execute("LOCK TABLE accounting.users IN ACCESS EXCLUSIVE MODE")
+        time.sleep(1.5)  # the cycle is under way, waiting
+        started = time.monotonic()
+        proc.terminate()
+        time.sleep(0.5)
+        assert proc.poll() is None  # still letting the cycle end
+        conn.rollback()  # the reader lets go; the cycle can finish or has rolled back
+        assert proc.wait(timeout=60) == 0
+        assert time.monotonic() - started < 30
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM accounting.users")
+            after = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM core.users")
+            master = cur.fetchone()[0]
+        conn.close()
+        assert after in (users_before, master)  # the old copy or the new one, never half
+        text = log.read_text()
+        assert "received SIGTERM: stopping" in text and "stopped" in text
+        assert "Traceback" not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
