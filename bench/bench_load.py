@@ -65,7 +65,7 @@ class System:
             POPUG_LOG_LEVEL="ERROR",  # the 409s of a busy day are warnings; errors only
             POPUG_AUTH__BCRYPT_COST="4",
             POPUG_REPLICATION__INTERVAL_S=str(interval_s),
-            POPUG_ACCOUNTING__CLOSE_CHECK_S="5",
+            POPUG_ACCOUNTING__CLOSE_CHECK_S="2",
             POPUG_NOTIFIER__INTERVAL_S="1",
             POPUG_NOTIFIER__BATCH="500",
             **extra_env,
@@ -106,6 +106,28 @@ def seed_users(dsn, managers, workers):
                 " SELECT %s || i, %s, %s, %s || i || '@load.test' FROM generate_series(1, %s) i",
                 (role, pw, role, role, n),
             )
+
+
+def seed_yesterday(dsn):
+    """Every worker completed one task yesterday (+30.00), and the day before was
+    closed: the accounting service closes yesterday and pays them during the load."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO core.closed_days (day, starts_at, ends_at, early, popugs_paid,"
+            " total_paid, closed_by) SELECT d, d, d + 1, false, 0, 0, 'load test'"
+            " FROM (SELECT (now() AT TIME ZONE 'UTC')::date - 2 AS d) x"
+        )
+        cur.execute(
+            "WITH t AS (INSERT INTO core.tasks (title, assignee_id, assign_fee, reward,"
+            "  created_by, status, created_at, assigned_at, completed_at)"
+            "  SELECT 'yesterday', u.id, 10, 40, u.id, 'done', y, y, y + interval '1 hour'"
+            "    FROM core.users u, (SELECT date_trunc('day', now() AT TIME ZONE 'UTC')"
+            "      AT TIME ZONE 'UTC' - interval '12 hours' AS y) d"
+            "   WHERE u.role = 'worker' RETURNING *)"
+            " INSERT INTO core.ledger (user_id, task_id, kind, amount, created_at)"
+            " SELECT assignee_id, id, 'fee', -assign_fee, created_at FROM t"
+            " UNION ALL SELECT assignee_id, id, 'reward', reward, completed_at FROM t"
+        )
 
 
 class Client:
@@ -271,14 +293,25 @@ INVARIANTS = {
 }
 
 
-def check_invariants(system, counts):
-    """[(what, found)] for every invariant; found must be 0 (or True for the counts)."""
+def check_invariants(system, counts, workers):
+    """[(what, found)] for every invariant; found must be 0."""
     verify = system.command("replicate", "--verify")
     out = []
     with psycopg2.connect(system.dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM core.tasks")
+        cur.execute(
+            "SELECT count(*) FROM core.ledger WHERE kind = 'payout' AND amount = -30"
+            " AND day = (now() AT TIME ZONE 'UTC')::date - 1"
+        )
+        out.append(
+            ("workers not paid yesterday's 30.00 during the load", workers - cur.fetchone()[0])
+        )
+        # The load's own tasks (not yesterday's, seeded).
+        cur.execute("SELECT count(*) FROM core.tasks WHERE title <> 'yesterday'")
         tasks = cur.fetchone()[0]
-        cur.execute("SELECT count(*) FROM core.ledger WHERE kind = 'fee'")
+        cur.execute(
+            "SELECT count(*) FROM core.ledger l JOIN core.tasks t ON t.id = l.task_id"
+            " WHERE l.kind = 'fee' AND t.title <> 'yesterday'"
+        )
         fees = cur.fetchone()[0]
         out.append(("tasks created = tasks answered 201", tasks - counts["created"]))
         out.append(
@@ -335,6 +368,7 @@ def main():
         cur.execute("DROP SCHEMA IF EXISTS analytics CASCADE")
     seed_users(dsn, args.managers, args.workers)
     system = System(dsn, args.trackers)
+    seed_yesterday(dsn)
     print(
         f"{args.clients} clients for {args.seconds:g} s on {args.trackers} tracker processes "
         f"(ports {system.tracker_ports}), with auth, accounting, replicator and notifier",
@@ -348,7 +382,7 @@ def main():
         )
         report(results, elapsed)
         time.sleep(3)  # the replicator's next cycle
-        found, verify = check_invariants(system, counts)
+        found, verify = check_invariants(system, counts, args.workers)
     finally:
         codes = system.stop()
     print(f"\n5xx other than 503: {unexpected_5xx(results)}")
