@@ -109,12 +109,16 @@ class Database:
         that disconnects meanwhile changes nothing (Tornado lets the handler
         finish), so no connection or open transaction is left behind.
         """
-        try:
-            # asyncio.timeout, not wait_for: no extra task for every statement.
-            async with asyncio.timeout(self.acquire_timeout_s):
-                conn = await self.pool.acquire()
-        except TimeoutError:
-            raise PoolBusy(self.pool.maxsize, self.acquire_timeout_s) from None
+        if self.pool.freesize:
+            # A free connection is handed over without waiting: no timer needed.
+            conn = await self.pool.acquire()
+        else:
+            try:
+                # asyncio.timeout, not wait_for: no extra task for every statement.
+                async with asyncio.timeout(self.acquire_timeout_s):
+                    conn = await self.pool.acquire()
+            except TimeoutError:
+                raise PoolBusy(self.pool.maxsize, self.acquire_timeout_s) from None
         try:
             yield conn
         finally:

@@ -61,12 +61,24 @@ DUTY_OK = prom.Gauge(
 )
 
 
+_children = {}  # (service, handler, method, status) -> (counter, histogram) children
+
+
 def observe_request(handler):
     """Count and time one answered request (called from the access log hook)."""
-    service = getattr(handler, "service", "common")
-    name = type(handler).__name__
-    REQUESTS.labels(service, name, handler.request.method, str(handler.get_status())).inc()
-    LATENCY.labels(service, name).observe(handler.request.request_time())
+    key = (
+        getattr(handler, "service", "common"),
+        type(handler).__name__,
+        handler.request.method,
+        handler.get_status(),
+    )
+    children = _children.get(key)
+    if children is None:
+        # labels() looks its child up by value each time: keep what it returns.
+        children = (REQUESTS.labels(*key[:3], str(key[3])), LATENCY.labels(*key[:2]))
+        _children[key] = children
+    children[0].inc()
+    children[1].observe(handler.request.request_time())
 
 
 SNAPSHOT = """
