@@ -580,16 +580,27 @@ class LogoutHandler(PageHandler):
         self.redirect(self.service_url("auth", f"/login?logged_out=1&next={back}"))
 
 
-class HealthHandler(BaseHandler):
+class ProbeHandler(BaseHandler):
+    """What monitoring calls (/healthz, /metrics): no session, no XSRF, never cached."""
+
+    async def prepare(self):
+        IN_FLIGHT.add(self)  # no session lookup: a probe needs none
+        self.set_header("Cache-Control", "no-store")
+
+    def duties(self):
+        """The background duties of this process (set by `popug serve`)."""
+        return self.application.settings.get("popug_duties", [])
+
+    def check_xsrf_cookie(self):
+        pass
+
+
+class HealthHandler(ProbeHandler):
     """/healthz: 200 when the database answers and this service's background duties
     (replication, delivery, the end of day) are fine; 503 with the reasons when not."""
 
-    async def prepare(self):
-        IN_FLIGHT.add(self)  # no session lookup: a health check needs none
-
     async def get(self):
         self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
         problems = []
         try:
             await self.db.fetch_one("SELECT 1 AS ok")
@@ -597,9 +608,10 @@ class HealthHandler(BaseHandler):
             log.warning("healthz: database check failed: %s", e)
             problems.append(f"database unavailable: {type(e).__name__}")
         service = self.service_of_host(self.request.host_name)
-        for duty in self.application.settings.get("popug_duties", []):
-            if service in (None, duty.service) and duty.health():
-                problems.append(duty.health())
+        for duty in self.duties():
+            reason = duty.health() if service in (None, duty.service) else None
+            if reason:
+                problems.append(reason)
         if problems:
             self.set_status(503)
             self.finish("".join(p + "\n" for p in problems))
@@ -609,19 +621,13 @@ class HealthHandler(BaseHandler):
     async def head(self):
         await self.get()
 
-    def check_xsrf_cookie(self):
-        pass
 
-
-class MetricsHandler(HealthHandler):
+class MetricsHandler(ProbeHandler):
     """/metrics: this process's figures in the Prometheus text format."""
 
     async def get(self):
-        text = await metrics.render(
-            self.db, self.config, self.application.settings.get("popug_duties", [])
-        )
+        text = await metrics.render(self.db, self.config, self.duties())
         self.set_header("Content-Type", metrics.prom.CONTENT_TYPE_LATEST)
-        self.set_header("Cache-Control", "no-store")
         self.finish(text)
 
 
