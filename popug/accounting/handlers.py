@@ -5,7 +5,6 @@ import datetime as dt
 
 from popug.accounting import queries as q
 from popug.common import days, reports
-from popug.common.charts import bar_chart
 from popug.common.errors import UserError
 from popug.common.reports import ReportMixin
 from popug.common.web import (
@@ -48,9 +47,6 @@ class AccountingPage(AccountingMixin, PageHandler):
             prev_day=day - dt.timedelta(days=1) if day > days.FIRST_DAY else None,
             # The future has no entries: the navigation stops at today.
             next_day=day + dt.timedelta(days=1) if day < self.calendar.today() else None,
-            calendar=self.calendar,
-            interval=self.config.replication.interval_s,
-            local=self.calendar.local,
         )
 
 
@@ -90,8 +86,6 @@ class AccountsHandler(AccountingPage):
             more=len(rows) > q.ACCOUNTS_LIMIT,
             search=search,
             as_of=await q.data_as_of(books),
-            interval=self.config.replication.interval_s,
-            local=self.calendar.local,
         )
 
 
@@ -109,10 +103,7 @@ class OverviewHandler(AccountingPage):
             today_figures = figures[-1]  # no second statement for what is in hand
         else:
             today_figures = (await reports.daily_figures(books, self.calendar, today, today))[0]
-        chart = bar_chart(
-            [(f"{r.day:%d.%m}", r.earnings) for r in figures],
-            f"Management earnings per day, {first} to {last}",
-        )
+        chart = reports.earnings_chart(figures, first, last)
         self.render(
             "overview.html",
             figures=figures,
@@ -122,9 +113,6 @@ class OverviewHandler(AccountingPage):
             closed_span=(figures[0].first_closed, figures[0].last_closed),
             chart=chart,
             as_of=figures[0].as_of,
-            calendar=self.calendar,
-            interval=self.config.replication.interval_s,
-            local=self.calendar.local,
         )
 
 

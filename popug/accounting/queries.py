@@ -14,14 +14,12 @@ before `ends` plus every payout of a day up to D.
 """
 
 import datetime as dt
-from decimal import Decimal
 
 from popug.common import days
 from popug.common.db import Row
 from popug.common.errors import UserError
 from popug.common.reports import AS_OF
 
-ZERO = Decimal("0.00")
 ENTRIES_LIMIT = 2000
 ACCOUNTS_LIMIT = 500
 

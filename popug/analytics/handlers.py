@@ -23,16 +23,6 @@ class AnalyticsMixin(ReportMixin):
         return kind
 
 
-def period_json(p):
-    return {
-        "label": p["label"],
-        "from": p["from"],
-        "to": p["to"],
-        "task": p["task"],
-        "text": p["text"],
-    }
-
-
 class HomeHandler(AnalyticsMixin, PageHandler):
     """/ — the dashboard."""
 
@@ -47,9 +37,13 @@ class HomeHandler(AnalyticsMixin, PageHandler):
         if last == today:
             # Today's figures are the range's last day: no second pass over the ledger.
             f = figures[-1]
-            now = {"fees": f.fees, "rewards": f.rewards, "earnings": f.earnings}
-            now.update(negative=negative[-1][1], as_of=f.as_of)
-            now = Row(now)
+            now = Row(
+                fees=f.fees,
+                rewards=f.rewards,
+                earnings=f.earnings,
+                negative=negative[-1][1],
+                as_of=f.as_of,
+            )
         else:
             now = await q.summary(reader, self.calendar, today)
         top = {k: await q.most_expensive(reader, self.calendar, k, first, last) for k in q.PERIODS}
@@ -63,19 +57,13 @@ class HomeHandler(AnalyticsMixin, PageHandler):
             rows=list(zip(figures, negative, top["day"], strict=True)),
             top=top,
             overall=q.overall(top["day"]),
-            earnings_chart=bar_chart(
-                [(f"{r.day:%d.%m}", r.earnings) for r in figures],
-                f"Management earnings per day, {first} to {last}",
-            ),
+            earnings_chart=reports.earnings_chart(figures, first, last),
             negative_chart=bar_chart(
                 [(f"{d:%d.%m}", n) for d, n in negative],
                 f"Popugs in the negative at the end of each day, {first} to {last}",
                 money=False,
             ),
-            calendar=self.calendar,
             as_of=now.as_of,
-            interval=self.config.replication.interval_s,
-            local=self.calendar.local,
         )
 
 
@@ -119,7 +107,7 @@ class MostExpensiveApiHandler(AnalyticsApi):
                 "from": first,
                 "to": last,
                 "timezone": self.calendar.timezone_name,
-                "periods": [period_json(p) for p in found],
+                "periods": found,
                 "overall": q.overall(found),
             }
         )

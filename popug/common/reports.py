@@ -12,6 +12,7 @@ import functools
 import psycopg2
 
 from popug.common import days
+from popug.common.charts import bar_chart
 from popug.common.db import Database, Prepared
 from popug.common.errors import UserError
 
@@ -104,11 +105,30 @@ async def daily_figures(reader, calendar, first, last):
     )
 
 
+def earnings_chart(figures, first, last):
+    """The bar chart of daily management earnings, from daily_figures() rows."""
+    return bar_chart(
+        [(f"{r.day:%d.%m}", r.earnings) for r in figures],
+        f"Management earnings per day, {first} to {last}",
+    )
+
+
 class ReportMixin:
     """For handlers of a service that reads a replica: set `service` and `replica_name()`."""
 
     def replica_name(self):
         raise NotImplementedError
+
+    def get_template_namespace(self):
+        # What every report page shows: times in the business zone, and how
+        # often the replica it reads is refreshed.
+        ns = super().get_template_namespace()
+        ns.update(
+            calendar=self.calendar,
+            local=self.calendar.local,
+            interval=self.config.replication.interval_s,
+        )
+        return ns
 
     @property
     def calendar(self):
