@@ -33,11 +33,11 @@ import psycopg2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_tracker import free_port, get_token, wait_ready  # noqa: E402
+from bench.bench_tracker import bench_database, free_port, get_token, wait_ready  # noqa: E402
 from popug.accounting import queries as q  # noqa: E402
 from popug.common import days, reports  # noqa: E402
 from popug.common.config import load_config  # noqa: E402
-from popug.common.db import Database, apply_migrations  # noqa: E402
+from popug.common.db import Database  # noqa: E402
 from popug.replicator import engine  # noqa: E402
 from popug.replicator.service import replicas_from_config  # noqa: E402
 
@@ -170,12 +170,7 @@ def year_of_data(repeat_default):
     p.add_argument("--popugs", type=int, default=10_000)
     p.add_argument("--repeat", type=int, default=repeat_default)
     args = p.parse_args()
-    dsn = os.environ.get("UBERPOPUG_BENCH_DSN")
-    if not dsn:
-        from popug.common.embedded import start_embedded
-
-        dsn = start_embedded(Path(tempfile.mkdtemp(prefix="popug-bench-")), "popug_bench")
-    apply_migrations(dsn)
+    dsn = bench_database()
     config = load_config(None, environ={}, overrides={"database.dsn": dsn})
     t0 = time.perf_counter()
     seed(dsn, args.tasks, args.popugs)

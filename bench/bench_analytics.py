@@ -51,11 +51,7 @@ def main():
         return [(schema(q.SUMMARY), (e, day, s, e))]
 
     def top_sql(kind, first, last):
-        spans = q.periods(kind, first, last)
-        starts = [calendar.starts(a) for a, _ in spans]
-        ends = [calendar.bounds(b)[1] for _, b in spans]
-        params = ([a for a, _ in spans], [b for _, b in spans], starts, ends)
-        return [(schema(q.MOST_EXPENSIVE), params)]
+        return [(schema(q.MOST_EXPENSIVE), q.periods_params(calendar, kind, first, last))]
 
     def page_sql(first, last):
         d, st, en = reports.bounds_arrays(calendar, days.day_range(first, last))

@@ -43,9 +43,8 @@ import psycopg2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_tracker import free_port, wait_ready  # noqa: E402
+from bench.bench_tracker import bench_database, free_port, wait_ready  # noqa: E402
 from popug.common.config import load_config  # noqa: E402
-from popug.common.db import apply_migrations  # noqa: E402
 
 POPUG = [sys.executable, str(REPO / "bin" / "popug")]
 HOSTS = load_config(None, environ={}).hosts
@@ -352,12 +351,7 @@ def main():
     p.add_argument("--workers", type=int, default=50)
     p.add_argument("--managers", type=int, default=5)
     args = p.parse_args()
-    dsn = os.environ.get("UBERPOPUG_BENCH_DSN")
-    if not dsn:
-        from popug.common.embedded import start_embedded
-
-        dsn = start_embedded(Path(tempfile.mkdtemp(prefix="popug-bench-")), "popug_load")
-    apply_migrations(dsn)
+    dsn = bench_database("popug_load")
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(
             "TRUNCATE core.ledger, core.outbox, core.tasks, core.sessions, core.sso_codes,"

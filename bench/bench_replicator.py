@@ -13,7 +13,6 @@ Prints rows/s and the ratios. Not a test: nothing asserts a timing.
 """
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -26,8 +25,8 @@ import psycopg2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_tracker import bench_database  # noqa: E402
 from popug.common.config import REPLICABLE_COLUMNS  # noqa: E402
-from popug.common.db import apply_migrations  # noqa: E402
 from popug.replicator import engine  # noqa: E402
 
 
@@ -141,12 +140,7 @@ def main():
     ap.add_argument("--interval", type=float, default=5, help="replication.interval_s")
     args = ap.parse_args()
 
-    dsn = os.environ.get("UBERPOPUG_BENCH_DSN")
-    if not dsn:
-        from popug.common.embedded import start_embedded
-
-        dsn = start_embedded(Path(tempfile.mkdtemp(prefix="popug-bench-")), "popug_bench")
-    apply_migrations(dsn)
+    dsn = bench_database()
     t0 = time.perf_counter()
     seed(dsn, args.rows)
     print(f"seeded {args.rows:,} tasks in {time.perf_counter() - t0:.1f} s", flush=True)

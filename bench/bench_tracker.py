@@ -42,8 +42,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def setup_database(dsn):
+def bench_database(dbname="popug_bench"):
+    """UBERPOPUG_BENCH_DSN, or a database on an embedded server of its own; migrated."""
+    dsn = os.environ.get("UBERPOPUG_BENCH_DSN")
+    if not dsn:
+        from popug.common.embedded import start_embedded
+
+        dsn = start_embedded(Path(tempfile.mkdtemp(prefix="popug-bench-")), dbname)
     apply_migrations(dsn)
+    return dsn
+
+
+def setup_database(dsn):
     pw = bcrypt.hashpw(b"bench-password", bcrypt.gensalt(4)).decode()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(
@@ -152,11 +162,7 @@ def main():
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="popug-bench-"))
-    dsn = os.environ.get("UBERPOPUG_BENCH_DSN")
-    if not dsn:
-        from popug.common.embedded import start_embedded
-
-        dsn = start_embedded(tmp, "popug_bench")
+    dsn = bench_database()
     me = setup_database(dsn)
     popug_port, bare_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("POPUG_")}

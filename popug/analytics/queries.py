@@ -136,14 +136,21 @@ async def negative_per_day(reader, calendar, first, last):
     return [(r.day, r.negative) for r in rows]
 
 
+def periods_params(calendar, kind, first, last):
+    """MOST_EXPENSIVE's parameters: each period's first and last day, and its UTC range."""
+    spans = periods(kind, first, last)
+    return (
+        [a for a, _ in spans],
+        [b for _, b in spans],
+        [calendar.starts(a) for a, _ in spans],
+        [calendar.bounds(b)[1] for _, b in spans],
+    )
+
+
 async def most_expensive(reader, calendar, kind, first, last):
     """Per period of `kind` in first..last: {label, first, last, task or None, text}."""
-    spans = periods(kind, first, last)
-    starts = [calendar.starts(a) for a, _ in spans]
-    ends = [calendar.bounds(b)[1] for _, b in spans]
-    rows = await reader.fetch_all(
-        MOST_EXPENSIVE, [a for a, _ in spans], [b for _, b in spans], starts, ends
-    )
+    params = periods_params(calendar, kind, first, last)
+    rows = await reader.fetch_all(MOST_EXPENSIVE, *params)
     out = []
     for r in rows:
         task = None
