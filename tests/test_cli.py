@@ -150,6 +150,21 @@ def start_serve(args, log, env, append=False):
         return subprocess.Popen(POPUG + list(args), env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def serve_on_dsn(db_dsn, tmp_path, *args, **env_vars):
+    """bin/popug [args] on a free port, on this test's database, data in tmp_path/var,
+    once it is healthy: (Popen, port, log file)."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = clean_env(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path / "var"), **env_vars)
+    proc = start_serve(["--port", str(port), *args], log, env)
+    try:
+        wait_healthy(port, proc, log)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, port, log
+
+
 def wait_gone(pid, timeout=10):
     deadline = time.time() + timeout
     while _alive(pid) and time.time() < deadline:
@@ -273,11 +288,7 @@ def test_embedded_server_recovers_after_a_killed_process(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_serve_on_a_dsn_stops_cleanly_on_signals(db_dsn, tmp_path, sig):
-    port = free_port()
-    log = tmp_path / "serve.log"
-    env = clean_env(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
-    proc = start_serve(["--port", str(port), "--service=tracker"], log, env)
-    wait_healthy(port, proc, log)
+    proc, _, log = serve_on_dsn(db_dsn, tmp_path, "--service=tracker")
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == 0
     assert "stopped" in log.read_text()
@@ -318,11 +329,7 @@ def test_sigterm_lets_a_request_in_flight_finish(db_dsn, tmp_path):
             " VALUES ('slowpoke', %s, 'worker')",
             (slow,),
         )
-    port = free_port()
-    log = tmp_path / "serve.log"
-    env = clean_env(POPUG_DATABASE__DSN=db_dsn, POPUG_DATA_DIR=str(tmp_path))
-    proc = start_serve(["--port", str(port)], log, env)
-    wait_healthy(port, proc, log)
+    proc, port, log = serve_on_dsn(db_dsn, tmp_path)
     result = {}
 
     def login():
@@ -426,16 +433,8 @@ def test_set_password_with_a_name_that_is_not_utf8_is_one_line(db_dsn, tmp_path)
 
 def test_a_running_system_delivers_the_assignment_email_into_the_maildir(db_dsn, tmp_path):
     seed_boss_and_kiwi(db_dsn)
-    port = free_port()
-    log = tmp_path / "serve.log"
-    env = clean_env(
-        POPUG_DATABASE__DSN=db_dsn,
-        POPUG_DATA_DIR=str(tmp_path / "var"),
-        POPUG_NOTIFIER__INTERVAL_S="0.2",
-    )
-    proc = start_serve(["--port", str(port)], log, env)
+    proc, port, _ = serve_on_dsn(db_dsn, tmp_path, POPUG_NOTIFIER__INTERVAL_S="0.2")
     try:
-        wait_healthy(port, proc, log)
         token = boss_token(port)
         task = post_json(port, "tasktracker", "/api/v1/tasks", {"title": "Mail me"}, token)
         new = tmp_path / "var" / "mail" / "new"
@@ -452,16 +451,8 @@ def test_a_running_system_delivers_the_assignment_email_into_the_maildir(db_dsn,
 
 def test_replication_in_a_running_system_and_replicate_verify(db_dsn, tmp_path):
     seed_boss_and_kiwi(db_dsn)
-    port = free_port()
-    log = tmp_path / "serve.log"
-    env = clean_env(
-        POPUG_DATABASE__DSN=db_dsn,
-        POPUG_DATA_DIR=str(tmp_path / "var"),
-        POPUG_REPLICATION__INTERVAL_S="0.5",
-    )
-    proc = start_serve(["--port", str(port)], log, env)
+    proc, port, log = serve_on_dsn(db_dsn, tmp_path, POPUG_REPLICATION__INTERVAL_S="0.5")
     try:
-        wait_healthy(port, proc, log)
         token = boss_token(port)
         task_id = post_json(port, "tasktracker", "/api/v1/tasks", {"title": "Replicate me"}, token)[
             "id"

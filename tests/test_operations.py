@@ -175,18 +175,12 @@ def test_sigterm_lets_a_running_replication_cycle_end_and_changes_nothing_half(d
 
     import psycopg2
 
-    from tests.test_cli import clean_env, free_port, start_serve, wait_healthy
+    from tests.test_cli import serve_on_dsn
 
-    port = free_port()
-    log = tmp_path / "replicator.log"
-    env = clean_env(
-        POPUG_DATABASE__DSN=db_dsn,
-        POPUG_DATA_DIR=str(tmp_path / "var"),
-        POPUG_REPLICATION__INTERVAL_S="0.5",
+    proc, _, log = serve_on_dsn(
+        db_dsn, tmp_path, "--service=replicator", POPUG_REPLICATION__INTERVAL_S="0.5"
     )
-    proc = start_serve(["--service=replicator", "--port", str(port)], log, env)
     try:
-        wait_healthy(port, proc, log)
         conn = psycopg2.connect(db_dsn)
         with conn.cursor() as cur:
             for _ in range(100):  # the first cycle made the replica
