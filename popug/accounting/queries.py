@@ -120,7 +120,7 @@ async def account_day(books, master, calendar, user_id, day):
         "holder": holder,
         "closed": bal if bal.closed_at is not None else None,
         "as_of": bal.as_of,
-        # Days before the first closed one had no entries: nothing to close.
+        # Days before the first closed one were paid out by that first close.
         "first_closed": bal.first_closed,
         "day": day,
         "starts": starts,
@@ -159,7 +159,7 @@ async def assignable_roles(db):
     return [r.name for r in rows]
 
 
-# --- the close on the master ---------------------------------------------------------
+# --- the end of a business day (on the master) ------------------------------------------
 
 
 async def last_closed_day(db):
@@ -167,8 +167,6 @@ async def last_closed_day(db):
     row = await db.fetch_one("SELECT max(day) AS day FROM core.closed_days")
     return row.day
 
-
-# --- the end of a business day (on the master) ------------------------------------------
 
 # Whoever is owed money at the cut-off is paid exactly that: the balance of
 # every fee and reward before `ends` and every payout of an earlier day. An

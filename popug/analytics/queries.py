@@ -148,7 +148,7 @@ def periods_params(calendar, kind, first, last):
 
 
 async def most_expensive(reader, calendar, kind, first, last):
-    """Per period of `kind` in first..last: {label, first, last, task or None, text}."""
+    """Per period of `kind` in first..last: {label, from, to, task or None, text}."""
     params = periods_params(calendar, kind, first, last)
     rows = await reader.fetch_all(MOST_EXPENSIVE, *params)
     out = []

@@ -29,6 +29,10 @@ def _positive(v):
     return v > 0
 
 
+def _is_port(v):
+    return 0 < v < 65536
+
+
 def _known_zone(name):
     try:
         days.zone(name)
@@ -53,7 +57,7 @@ SCHEMA = {
     },
     "server": {
         "address": (str, "127.0.0.1", None, "an IP address to listen on"),
-        "port": (int, 8888, lambda v: 0 < v < 65536, "a TCP port number 1-65535"),
+        "port": (int, 8888, _is_port, "a TCP port number 1-65535"),
         "xheaders": (bool, False, None, "true behind a reverse proxy that sets X-Real-Ip"),
         "public_scheme": (
             str,
@@ -64,7 +68,7 @@ SCHEMA = {
         "public_port": (
             (int, type(None)),
             None,
-            lambda v: v is None or 0 < v < 65536,
+            lambda v: v is None or _is_port(v),
             "the port in links in emails (1-65535), or null for this process's port",
         ),
         "cookie_secret": (
@@ -135,7 +139,7 @@ SCHEMA = {
         "backoff_s": ((int, float), 30, _positive, "seconds > 0 (doubles after each failure)"),
         "smtp": {
             "host": (str, "localhost", None, "an SMTP server's host name"),
-            "port": (int, 25, lambda v: 0 < v < 65536, "a TCP port number 1-65535"),
+            "port": (int, 25, _is_port, "a TCP port number 1-65535"),
             "starttls": (bool, False, None, "true to upgrade the connection with STARTTLS"),
             "username": ((str, type(None)), None, None, "a user name, or null for no login"),
             "password": ((str, type(None)), None, None, "a password, or null"),
